@@ -119,10 +119,9 @@ def load_data(name, data_dir=None, split="search", download=False, device="cpu",
     root = Path(data_dir) if data_dir is not None else default_data_dir(name)
     val_size = preset.val_size if val_size is None else val_size
     device = torch.device(device)
-    if preset.image_size > 64:
-        train, test = large_image_sets(name, root)
-    else:
-        train, test = small_image_arrays(name, root, download, cache_dir)
+    read = large_image_set if preset.image_size > 64 else small_image_arrays
+    train = read(name, root, "train", download, cache_dir)
+    test = read(name, root, "test", download, cache_dir) if split == "final" else None  # not read when searching
     n_train = len(train[1]) if isinstance(train, tuple) else len(train)
     if split == "search" and not 0 < val_size < n_train:
         raise ValueError(f"a hold-out of {val_size} images needs a training set larger than "
@@ -137,44 +136,43 @@ def load_data(name, data_dir=None, split="search", download=False, device="cpu",
                 x, y = x[idx], y[idx]
             return TensorSplit(x.to(device), y.to(device))
         parts = (put(*train, rest), put(*train, val) if val is not None else None,
-                 put(*test) if split == "final" else None)
+                 put(*test) if test is not None else None)
     else:
         tf_train, tf_eval = large_transforms(preset)
         parts = (Transformed(train, rest, tf_train),
                  Transformed(train, val, tf_eval) if val is not None else None,
-                 Transformed(test, np.arange(len(test)), tf_eval) if split == "final" else None)
+                 Transformed(test, np.arange(len(test)), tf_eval) if test is not None else None)
     return Data(name, split, preset.num_classes, preset.image_size, preset, device, *parts)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Small images: read whole splits into uint8 tensors
 
-def small_image_arrays(name, root, download, cache_dir):
-    """((x_train, y_train), (x_test, y_test)), x uint8 (N, 3, H, W), y int64 (N,), on the CPU."""
+def small_image_arrays(name, root, part, download, cache_dir):
+    """Split `part` ("train" or "test") as (x uint8 (N, 3, H, W), y int64 (N,)) on the CPU."""
     if (root / "train").is_dir():
-        return image_folder_arrays(root, PRESETS[name].image_size, cache_dir)
+        return image_folder_arrays(root, part, PRESETS[name].image_size, cache_dir)
     if name == "digits":
-        return digits_arrays(root / "digits.csv.gz")
-    return torchvision_cifar_arrays(name, root, download)
+        return digits_arrays(root / "digits.csv.gz", part)
+    return torchvision_cifar_arrays(name, root, part, download)
 
 
-def digits_arrays(path):
+def digits_arrays(path, part):
     """The UCI digits (8x8, values 0..16) as 16x16 RGB uint8: bilinear upsampling (smoother strokes
-    than nearest), grey copied to 3 channels, and the fixed seeded 1,397 / 400 split."""
+    than nearest), grey copied to 3 channels, and a fixed seeded 1,397 / 400 train / test split."""
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; point --data-dir at the folder holding "
                                 f"digits.csv.gz (the repository's data/)")
     rows = torch.from_numpy(np.loadtxt(path, delimiter=",", dtype=np.int64))  # (1797, 65)
-    x = rows[:, :64].float().view(-1, 1, 8, 8) * (255 / 16)                    # (N, 1, 8, 8)
+    perm = torch.from_numpy(np.random.default_rng(0).permutation(len(rows)))
+    idx = (perm[DIGITS_TEST:] if part == "train" else perm[:DIGITS_TEST]).sort().values
+    x = rows[idx, :64].float().view(-1, 1, 8, 8) * (255 / 16)                 # (N, 1, 8, 8)
     x = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)  # (N, 1, 16, 16)
     x = x.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()  # (N, 3, 16, 16)
-    y = rows[:, 64]
-    perm = torch.from_numpy(np.random.default_rng(0).permutation(len(y)))
-    test, train = perm[:DIGITS_TEST].sort().values, perm[DIGITS_TEST:].sort().values
-    return (x[train], y[train]), (x[test], y[test])
+    return x, rows[idx, 64]
 
 
-def torchvision_cifar_arrays(name, root, download):
+def torchvision_cifar_arrays(name, root, part, download):
     """CIFAR's original pickled batches through torchvision's own class (which checks their MD5)."""
     from torchvision import datasets
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
@@ -183,52 +181,44 @@ def torchvision_cifar_arrays(name, root, download):
             f"no {name} data in {root}: expected torchvision's {root / cls.base_folder} (pass "
             f"--download to fetch it) or an image folder {root}/train/<class>/*.jpg and "
             f"{root}/test/<class>/*.jpg")
-    out = []
-    for train in (True, False):
-        try:
-            ds = cls(str(root), train=train, download=download)
-        except RuntimeError as e:  # torchvision's "Dataset not found or corrupted"
-            raise ValueError(f"{root / cls.base_folder} failed torchvision's check ({e}); delete it "
-                             f"and run again with --download") from None
-        x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) -> (N, 3, 32, 32)
-        out.append((x, torch.tensor(ds.targets, dtype=torch.int64)))
-    return tuple(out)
+    try:
+        ds = cls(str(root), train=part == "train", download=download)
+    except RuntimeError as e:  # torchvision's "Dataset not found or corrupted"
+        raise ValueError(f"{root / cls.base_folder} failed torchvision's check ({e}); delete it "
+                         f"and run again with --download") from None
+    x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) -> (N, 3, 32, 32)
+    return x, torch.tensor(ds.targets, dtype=torch.int64)
 
 
-def image_folder_arrays(root, image_size, cache_dir):
-    """<root>/{train,test}/<class>/<image>, decoded once with Pillow and cached as uint8 arrays.
-    The cache key covers the folder's path and every file's name, size and mtime."""
-    if not (root / "test").is_dir():
-        raise FileNotFoundError(f"{root}/train exists but {root}/test does not; an image folder "
+def image_folder_arrays(root, part, image_size, cache_dir):
+    """<root>/<part>/<class>/<image> (part: train or test; classes from train/, sorted), decoded
+    once with Pillow and cached as uint8 arrays. The cache key covers the folder's path and every
+    file's name, class, size and mtime, so an edited folder is decoded again."""
+    if not (root / part).is_dir():
+        raise FileNotFoundError(f"{root}/train exists but {root}/{part} does not; an image folder "
                                 f"needs both train/<class>/ and test/<class>/")
     classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
-    files = {part: [(f, c) for c, cls in enumerate(classes)
-                    for f in sorted((root / part / cls).iterdir())
-                    if f.suffix.lower() in IMAGE_EXTENSIONS] for part in ("train", "test")}
+    items = [(f, c) for c, cls in enumerate(classes) if (root / part / cls).is_dir()
+             for f in sorted((root / part / cls).iterdir()) if f.suffix.lower() in IMAGE_EXTENSIONS]
+    if not items:
+        raise FileNotFoundError(f"no images in {root / part}/<class>/")
     key = hashlib.sha1(str(root.resolve()).encode())
-    for part in files.values():
-        for f, c in part:
-            st = f.stat()
-            key.update(f"{f.name}:{c}:{st.st_size}:{st.st_mtime_ns};".encode())
+    for f, c in items:
+        st = f.stat()
+        key.update(f"{f.name}:{c}:{st.st_size}:{st.st_mtime_ns};".encode())
     cache_dir = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "autokd"
-    cache = cache_dir / f"{root.name}-{image_size}px-{key.hexdigest()[:16]}.npz"
+    cache = cache_dir / f"{root.name}-{part}-{image_size}px-{key.hexdigest()[:16]}.npz"
     if cache.is_file():
         with np.load(cache) as z:
-            arrays = {k: z[k] for k in z.files}
-    else:
-        arrays = {}
-        for part, items in files.items():
-            if not items:
-                raise FileNotFoundError(f"no images in {root / part}/<class>/")
-            arrays[f"{part}_x"] = decode_images([f for f, _ in items], image_size)
-            arrays[f"{part}_y"] = np.array([c for _, c in items], dtype=np.int64)
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".tmp", delete=False) as f:
-            np.savez(f, **arrays)
-        os.chmod(f.name, 0o644)
-        os.replace(f.name, cache)
-    return tuple((torch.from_numpy(arrays[f"{p}_x"]), torch.from_numpy(arrays[f"{p}_y"]))
-                 for p in ("train", "test"))
+            return torch.from_numpy(z["x"]), torch.from_numpy(z["y"])
+    x = decode_images([f for f, _ in items], image_size)                # (N, 3, S, S)
+    y = np.array([c for _, c in items], dtype=np.int64)                # (N,)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".tmp", delete=False) as f:
+        np.savez(f, x=x, y=y)
+    os.chmod(f.name, 0o644)
+    os.replace(f.name, cache)
+    return torch.from_numpy(x), torch.from_numpy(y)
 
 
 def decode_images(paths, image_size):
@@ -344,28 +334,28 @@ def large_transforms(preset):
     return train, test
 
 
-def large_image_sets(name, root):
-    """(train ImageFolder, test ImageFolder). MIT67: one Images/ folder and the official split files
-    (lines like "kitchen/int474.jpg", relative to Images/); ImageNet: train/ and val/ folders."""
+def large_image_set(name, root, part, download, cache_dir):
+    """The ImageFolder of split `part` ("train" or "test"). MIT67: one Images/ folder and the
+    official split files (lines like "kitchen/int474.jpg", relative to Images/); ImageNet: train/
+    and val/ folders. (download and cache_dir do not apply: these are read from disk every epoch.)"""
     from torchvision.datasets import ImageFolder
     if name == "imagenet":
         if not ((root / "train").is_dir() and (root / "val").is_dir()):
             raise FileNotFoundError(f"no imagenet data in {root}: expected {root}/train/<wnid>/*.JPEG "
                                     f"and {root}/val/<wnid>/*.JPEG")
-        return ImageFolder(str(root / "train")), ImageFolder(str(root / "val"))
-    images, lists = root / "Images", (root / "TrainImages.txt", root / "TestImages.txt")
-    if not (images.is_dir() and all(f.is_file() for f in lists)):
+        return ImageFolder(str(root / ("train" if part == "train" else "val")))
+    images = root / "Images"
+    split_file = root / ("TrainImages.txt" if part == "train" else "TestImages.txt")
+    if not (images.is_dir() and split_file.is_file()):
         raise FileNotFoundError(f"no mit67 data in {root}: expected {images}/<class>/*.jpg with "
-                                f"{lists[0].name} and {lists[1].name} beside it")
-    out = []
-    for split_file in lists:
-        wanted = {line.strip() for line in split_file.read_text().splitlines() if line.strip()}
-        out.append(ImageFolder(str(images), is_valid_file=lambda p, w=wanted:
-                               Path(p).relative_to(images).as_posix() in w))
-        if len(out[-1]) != len(wanted):
-            raise FileNotFoundError(f"{split_file} lists {len(wanted)} images but {len(out[-1])} "
-                                    f"are in {images}; the folder is incomplete")
-    return tuple(out)
+                                f"TrainImages.txt and TestImages.txt beside it")
+    wanted = {line.strip() for line in split_file.read_text().splitlines() if line.strip()}
+    folder = ImageFolder(str(images),
+                         is_valid_file=lambda p: Path(p).relative_to(images).as_posix() in wanted)
+    if len(folder) != len(wanted):
+        raise FileNotFoundError(f"{split_file} lists {len(wanted)} images but {len(folder)} of them "
+                                f"are in {images}; the folder is incomplete")
+    return folder
 
 
 def main(argv=None):

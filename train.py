@@ -85,7 +85,7 @@ def versions():
                                 capture_output=True, text=True, timeout=10).stdout.strip() or None
     except OSError:
         commit = None
-    return {"torch": torch.__version__, "python": sys.version.split()[0], "autokd": commit}
+    return {"torch": str(torch.__version__), "python": sys.version.split()[0], "autokd": commit}
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ On-disk layouts that --data-dir may hold:
     python data.py --dataset cifar10 --data-dir /tmp/cifar10-jpeg   # decodes and caches, about 20 s
 """
 import argparse
+import functools
 import hashlib
 import os
 import tempfile
@@ -273,9 +274,17 @@ def cutout(x, size, gen):
 
 def normalise(x, preset):
     """uint8 (B, C, H, W) -> float32 (B, C, H, W), standardised with the data set's mean and std."""
-    mean = torch.tensor(preset.mean, device=x.device).view(1, -1, 1, 1) * 255
-    std = torch.tensor(preset.std, device=x.device).view(1, -1, 1, 1) * 255
+    mean, std = stats_on(preset, x.device)
     return (x.float() - mean) / std
+
+
+@functools.lru_cache(maxsize=None)
+def stats_on(preset, device):
+    """The preset's mean and std as (1, C, 1, 1) tensors on `device`, scaled to 0..255 pixels; made
+    once, not per batch (a host-to-device copy per batch would stall the GPU queue)."""
+    def to(values):
+        return torch.tensor(values, device=device).view(1, -1, 1, 1) * 255
+    return to(preset.mean), to(preset.std)
 
 
 def batches(data, part, batch_size, train, gen=None, cutout_size=0, workers=2,

@@ -171,7 +171,7 @@ def fit(model, data, epochs, teacher=None, tau=TAU, alpha=0.0, device="cpu", see
         if save is not None and Path(save).exists():
             if not resume:
                 raise ValueError(f"{save} already exists; pass --resume to continue it or delete it")
-            state = load_checkpoint(save, map_location=device)
+            state = load_checkpoint(save)  # on the CPU: RNG states must be CPU tensors
             for key in RESUME_KEYS:
                 if state["config"].get(key) != cfg.get(key):
                     raise CheckpointError(
@@ -189,8 +189,7 @@ def fit(model, data, epochs, teacher=None, tau=TAU, alpha=0.0, device="cpu", see
             torch.set_rng_state(state["rng"]["torch"])
             if cuda_devices and state["rng"]["cuda"] is not None:
                 torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-            gen.set_state(state["rng"]["data"].to(gen.device) if gen.device.type == "cuda"
-                          else state["rng"]["data"])
+            gen.set_state(state["rng"]["data"])
             history, clock, start = state["history"], state["clock"], state["epoch"]
             log(f"resumed {save} at epoch {start}/{epochs}")
 
@@ -252,7 +251,7 @@ def fit(model, data, epochs, teacher=None, tau=TAU, alpha=0.0, device="cpu", see
                     "epoch": epoch + 1, "history": history, "clock": clock,
                     "rng": {"torch": torch.get_rng_state(),
                             "cuda": torch.cuda.get_rng_state(device) if cuda_devices else None,
-                            "data": gen.get_state().cpu()},
+                            "data": gen.get_state()},
                     "versions": versions(), "config": cfg})
 
     last = history[-1] if history else {}

@@ -396,7 +396,8 @@ def draw(arch, path):
 # Command line
 
 def read_json_arg(text, what):
-    """A JSON object given inline or as a file name; best.json files carry θ under the key "theta"."""
+    """A JSON object given inline or as a file name; a best.json from search.py carries θ (with τ
+    and α) under the key "config"."""
     try:
         if text.lstrip().startswith("{"):
             value = json.loads(text)
@@ -407,8 +408,8 @@ def read_json_arg(text, what):
         raise ValueError(f"cannot read {what} file {text!r}: {e.strerror}.") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{what} {text!r} is not valid JSON ({e.msg} at line {e.lineno}).") from None
-    if what == "--theta" and isinstance(value, dict) and "theta" in value:
-        value = value["theta"]
+    if what == "--theta" and isinstance(value, dict) and isinstance(value.get("config"), dict):
+        value = {k: v for k, v in value["config"].items() if k not in ("tau", "alpha")}
     return value
 
 

@@ -227,7 +227,7 @@ def run_cli(*args, cwd=None):
 
 def test_cli_prints_summary_saves_and_reloads(tmp_path):
     best = tmp_path / "best.json"
-    best.write_text(json.dumps({"theta": MIN, "tau": 4.0, "alpha": 0.9}))  # the shape search.py writes
+    best.write_text(json.dumps({"config": {**MIN, "tau": 4.0, "alpha": 0.9}, "accuracy": 0.9}))  # search.py's
     out = run_cli("--theta", str(best), "--seed", "2", "--save", str(tmp_path / "arch.json"))
     assert out.returncode == 0, out.stderr
     assert "params" in out.stdout and "MACs" in out.stdout and "memory" in out.stdout

@@ -268,10 +268,12 @@ def fit(model, data, epochs, teacher=None, tau=TAU, alpha=0.0, device="cpu", see
             "history": history, "config": cfg}
 
 
+def hms(seconds):
+    s = int(seconds)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
 def progress_line(row, epochs, split, eta_s):
-    def hms(s):
-        s = int(s)
-        return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
     score = (f"  {'val' if split == 'search' else 'test'} {row['accuracy']:6.2%}"
              if "accuracy" in row else "")
     return (f"epoch {row['epoch']:4d}/{epochs}  loss {row['loss']:.4f}  "

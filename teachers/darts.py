@@ -2,10 +2,12 @@
 
 AutoKD (Sec. 4) distils its CIFAR students from "the best DARTS architecture" (Liu, Simonyan, Yang:
 "DARTS: Differentiable Architecture Search", ICLR 2019). That is the second-order cell DARTS_V2 stacked
-into the network of the DARTS paper's Sec. 3.3 / A.2: initial width 36, 20 cells, reduction cells at
-1/3 and 2/3 of the depth, an auxiliary head at 2/3 depth (weight 0.4) and drop path (0.2). With width
-36, 20 cells and 10 classes it has 3,349,342 parameters without the auxiliary head, the count the
-DARTS paper's Table 1 rounds to 3.3 M (tests/test_teachers.py checks it).
+into the DARTS paper's CIFAR-10 evaluation network (Sec. 3.2, App. A.2): initial width 36, 20 cells,
+reduction cells at 1/3 and 2/3 of the depth, an auxiliary head at 2/3 depth (loss weight 0.4) and drop
+path (0.2). With width 36, 20 cells and 10 classes it has 3,349,342 parameters without the auxiliary
+head, the count the DARTS paper's Table 1 rounds to 3.3 M (tests/test_teachers.py checks it), and
+3,825,768 with it. The layers, their order and the outputs match the reference implementation
+(quark0/darts) exactly; the code is our own.
 
 Train it with the repository's training loop (600 epochs reach about 97.2 % on CIFAR-10):
 
@@ -19,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # ----------------------------------------------------------------------------------------------------
-# The genotype (DARTS paper Fig. 5, second-order search)
+# The genotype (DARTS paper Figs. 4-5: the cells learned by second-order DARTS on CIFAR-10)
 
 # Each cell has two input states (0: the output of the cell two back, 1: of the previous cell) and four
 # intermediate nodes 2..5; node i sums two (operation, input state) pairs. The cell's output is the
@@ -42,7 +44,7 @@ DARTS_V2 = {
 }
 
 # ----------------------------------------------------------------------------------------------------
-# Operations (DARTS paper Sec. 3.1; every convolution is ReLU-conv-BN, without bias)
+# Operations (DARTS paper Sec. 3.1.1; every convolution is ReLU-conv-BN, without bias)
 
 
 class ReLUConvBN(nn.Sequential):
@@ -118,7 +120,7 @@ def drop_path(x, drop_prob):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Cell and network (DARTS paper Sec. 3.3 and Appendix A.2)
+# Cell and network (DARTS paper Sec. 2.1 for the cell, Sec. 3.2 and App. A.2 for the network)
 
 
 class Cell(nn.Module):
@@ -234,7 +236,7 @@ class DARTSNetwork(nn.Module):
             s0, s1 = s1, cell(s0, s1, drop_prob)
             if i == self.aux_index and self.auxiliary_head is not None and self.training:
                 aux_logits = self.auxiliary_head(s1)  # (B, num_classes)
-        logits = self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1))  # (B, 4 * 4 * width) -> (B, classes)
+        logits = self.classifier(F.adaptive_avg_pool2d(s1, 1).flatten(1))  # (B, 16 * width) -> (B, classes)
         return (logits, aux_logits) if aux_logits is not None else logits
 
 

@@ -196,9 +196,10 @@ class DARTSNetwork(nn.Module):
                  genotype=DARTS_V2):
         super().__init__()
         self.max_drop_path_prob = drop_path_prob  # what the training loop ramps towards
-        # A tensor rather than a Python float: torch.compile would recompile the model every time
-        # a float attribute changes (every epoch). Not saved in the state dict.
-        self.register_buffer("_drop_path_prob", torch.tensor(float(drop_path_prob)), persistent=False)
+        # forward reads a tensor, not a Python float: torch.compile would recompile the model every
+        # time a float it reads changes (every epoch). Not saved in the state dict.
+        self.register_buffer("_drop_path_prob", torch.zeros(()), persistent=False)
+        self.drop_path_prob = drop_path_prob
 
         c_stem = 3 * width  # DARTS's stem multiplier
         self.stem = nn.Sequential(nn.Conv2d(3, c_stem, 3, padding=1, bias=False), nn.BatchNorm2d(c_stem))
@@ -222,10 +223,11 @@ class DARTSNetwork(nn.Module):
 
     @property
     def drop_path_prob(self):
-        return self._drop_path_prob.item()
+        return self._drop_path_prob_value  # the float as set, without a device sync
 
     @drop_path_prob.setter
     def drop_path_prob(self, p):
+        self._drop_path_prob_value = float(p)
         self._drop_path_prob.fill_(p)
 
     def forward(self, x):  # (B, 3, H, W)

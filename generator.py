@@ -1,0 +1,475 @@
+"""G(θ): the NAGO hierarchical random-graph generator that turns θ and a seed into a student network.
+
+AutoKD (Sec. 3.2) searches the hyperparameters θ of a network *generator* rather than one network.
+The generator is NAGO's (Ru et al., NeurIPS 2020): three levels of random graphs, where a node of a
+higher level is a whole graph of the level below.
+
+    top     a graph of cells          Watts-Strogatz   top_nodes, top_k, top_p
+    mid     a cell: graph of modules  Erdős-Rényi      mid_nodes, mid_p
+    bottom  a module: graph of units  Watts-Strogatz   bottom_nodes, bottom_k, bottom_p
+    unit    ReLU -> Conv3x3 -> BatchNorm
+
+Two steps, so that an architecture can be saved beside a result and rebuilt bit-for-bit:
+
+    arch = sample(theta, seed)    # plain JSON data: every graph, the stage of every cell, the width
+    model = build(arch)           # the torch.nn.Module
+
+Run it:
+
+    python generator.py --theta '{"top_nodes": 6, "top_k": 4, "top_p": 0.5, "mid_nodes": 4,
+        "mid_p": 0.6, "bottom_nodes": 4, "bottom_k": 2, "bottom_p": 0.5}' --seed 0
+    python generator.py --theta best.json --seed 3 --save arch.json --draw arch.png
+
+It prints the graph sizes per level, the chosen width, parameters (at most 4.0 M for 32 px images),
+MACs and activation memory per sample, in about a second for the largest θ on a 2-core CPU.
+"""
+
+import argparse
+import json
+import math
+import sys
+import time
+import weakref
+
+import networkx as nx
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+# The eight searched hyperparameters, (type, low, high), ranges of NAGO's released configuration.
+# bohb.py reads this; search.py joins it with kd_loss.SPACE.
+SPACE = {
+    "top_nodes": (int, 3, 10),        # cells in the network
+    "top_k": (int, 2, 5),             # Watts-Strogatz ring neighbours (networkx uses k // 2 per side)
+    "top_p": (float, 0.1, 1.0),       # Watts-Strogatz rewiring probability
+    "mid_nodes": (int, 3, 10),        # modules in a cell
+    "mid_p": (float, 0.2, 1.0),       # Erdős-Rényi edge probability
+    "bottom_nodes": (int, 3, 10),     # operation units in a module
+    "bottom_k": (int, 2, 5),
+    "bottom_p": (float, 0.1, 1.0),
+}
+STAGE_RATIOS = (1, 2, 4)  # widths of the three stages, relative to the base width C
+HEAD_WIDTH = 1280
+SMALL_IMAGE = 40  # below this many pixels the stem keeps full resolution (CIFAR); above, it divides by 4
+
+
+def default_max_params(image_size):
+    """Paper Sec. 4: students are limited to 4.0 M parameters on small images, 6.0 M on large ones."""
+    return 4.0e6 if image_size < SMALL_IMAGE else 6.0e6
+
+
+def check_theta(theta):
+    """Return θ with integers as int and floats as float; one clear ValueError for anything else."""
+    if not isinstance(theta, dict):
+        raise ValueError(f"θ must be a JSON object with the keys {', '.join(SPACE)}, not {type(theta).__name__}.")
+    unknown = sorted(set(theta) - set(SPACE))
+    missing = [name for name in SPACE if name not in theta]
+    if unknown or missing:
+        parts = ([f"unknown key(s) {', '.join(unknown)}"] if unknown else []) + \
+                ([f"missing key(s) {', '.join(missing)}"] if missing else [])
+        raise ValueError(f"θ has {' and '.join(parts)}; the keys are {', '.join(SPACE)}.")
+    out = {}
+    for name, (kind, low, high) in SPACE.items():
+        value = theta[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"θ[{name!r}] must be a number in [{low}, {high}], not {value!r}.")
+        if kind is int and value != int(value):
+            raise ValueError(f"θ[{name!r}] must be an integer in [{low}, {high}], not {value!r}.")
+        if not low <= value <= high:
+            raise ValueError(f"θ[{name!r}] = {value} is outside its range [{low}, {high}].")
+        out[name] = kind(value)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling: θ and a seed -> plain architecture data
+
+def derived_seed(seed, *path):
+    """A 32-bit seed for one graph draw, the same on every machine (numpy's SeedSequence hashing)."""
+    return int(np.random.SeedSequence([seed, *path]).generate_state(1)[0])
+
+
+def random_graph(model, n, seed, path, k=None, p=None):
+    """Draw one connected undirected graph; a disconnected draw is redrawn with the next derived seed.
+
+    Interpretation: networkx refuses a Watts-Strogatz k > n and gives the complete graph for k = n,
+    so k is clipped to n (the released NAGO code crashes there). Each draw has probability > 0.1 of
+    being connected anywhere in the box, so the loop ends after a handful of draws.
+    """
+    for attempt in range(10_000):
+        s = derived_seed(seed, *path, attempt)
+        if model == "ws":
+            g = nx.watts_strogatz_graph(n, min(k, n), p, seed=s)
+        else:
+            g = nx.erdos_renyi_graph(n, p, seed=s)
+        if nx.is_connected(g):
+            return g
+    raise AssertionError(f"no connected graph in 10,000 draws for {model} n={n} k={k} p={p}")
+
+
+def to_dag(g):
+    """Undirected graph -> DAG data: edges point from the lower to the higher node id.
+
+    Input nodes (no lower-id neighbour) all receive the graph's input; output nodes (no higher-id
+    neighbour) are averaged into the graph's output.
+    """
+    edges = sorted((min(u, v), max(u, v)) for u, v in g.edges())
+    n = g.number_of_nodes()
+    has_pred = {v for _, v in edges}
+    has_succ = {u for u, _ in edges}
+    return {"nodes": n, "edges": [list(e) for e in edges],
+            "inputs": [v for v in range(n) if v not in has_pred],
+            "outputs": [v for v in range(n) if v not in has_succ]}
+
+
+def stages_of(n):
+    """Interpretation (stages): the top-level nodes are split into three consecutive stages of as
+    near equal size as possible (10 cells -> 4, 3, 3). The released NAGO configuration collapses
+    networks of more than 3 cells into one stage; the paper describes three, so we split evenly."""
+    return [stage for stage, chunk in enumerate(np.array_split(np.arange(n), 3)) for _ in chunk]
+
+
+def sample(theta, seed, image_size=32, num_classes=10, max_params=None):
+    """Sample the architecture data of one network from G(θ) (Alg. 1 line 4's 'sample an
+    architecture from G(θ)'). The same (θ, seed) gives the same graphs on every machine; every cell
+    and every module draws its own graph. The base width is the largest within the parameter limit."""
+    theta = check_theta(theta)
+    if max_params is None:
+        max_params = default_max_params(image_size)
+    top = to_dag(random_graph("ws", theta["top_nodes"], seed, (0,), theta["top_k"], theta["top_p"]))
+    cells = []
+    for c in range(theta["top_nodes"]):
+        mid = to_dag(random_graph("er", theta["mid_nodes"], seed, (1, c), p=theta["mid_p"]))
+        modules = [to_dag(random_graph("ws", theta["bottom_nodes"], seed, (2, c, m),
+                                       theta["bottom_k"], theta["bottom_p"]))
+                   for m in range(theta["mid_nodes"])]
+        cells.append({"graph": mid, "modules": modules})
+    for cell, stage in zip(cells, stages_of(theta["top_nodes"])):
+        cell["stage"] = stage
+    arch = {"theta": theta, "seed": int(seed), "image_size": int(image_size), "num_classes": int(num_classes),
+            "max_params": int(max_params), "stage_ratios": list(STAGE_RATIOS), "top": top, "cells": cells}
+    arch["width"], arch["params"] = choose_width(arch)
+    return arch
+
+
+def count_params(arch, width):
+    """Exact parameter count of build(arch) at base width `width`; built on the meta device, so no
+    memory is allocated and no weights are initialised."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in build({**arch, "width": width}).parameters())
+
+
+def choose_width(arch):
+    """Paper Sec. 4: the largest base width C whose exact parameter count (head included) is within
+    the limit. NAGO used an approximate formula that misses the head and the 1x1 convs; we count the
+    real module. Every parameter tensor's size is a product of at most two widths that are each
+    linear in C (stage widths C, 2C, 4C; the head's 1280; the classes), so the count is exactly a
+    quadratic a·C² + b·C + c: three counts fix it, and C is its largest integer within the limit."""
+    limit = arch["max_params"]
+    p1, p2, p3 = (count_params(arch, c) for c in (1, 2, 3))
+    a2 = p3 - 2 * p2 + p1  # 2a, an integer
+    b = p2 - p1 - 3 * a2 // 2
+    c0 = p1 - a2 // 2 - b
+
+    def count(width):
+        return a2 * width * width // 2 + b * width + c0
+
+    if count(1) > limit:
+        raise ValueError(f"no width fits {limit:,} parameters: even width 1 has {count(1):,}; raise --max-params.")
+    width = max(1, int((-b + math.sqrt(b * b - 2 * a2 * (c0 - limit))) / a2))
+    while count(width + 1) <= limit:  # mend float rounding of the root, in exact integers
+        width += 1
+    while count(width) > limit:
+        width -= 1
+    return width, count(width)
+
+
+# ----------------------------------------------------------------------------------------------
+# Building: architecture data -> torch.nn.Module
+
+def unit(c):
+    """The operation unit at the bottom level: ReLU -> Conv3x3 -> BatchNorm, stride 1."""
+    return nn.Sequential(nn.ReLU(), nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+
+
+def adapter(c_in, c_out, factor):
+    """An edge into a cell of another stage: average-pool down by `factor`, then a 1x1 conv + BN."""
+    if c_in == c_out and factor == 1:
+        return nn.Identity()
+    pool = [nn.AvgPool2d(factor)] if factor > 1 else []
+    return nn.Sequential(*pool, nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+
+
+class DAG(nn.Module):
+    """One level of the hierarchy: a DAG whose nodes are modules (units, modules or cells).
+
+    A node with several inputs takes their sum weighted by sigmoid(w) (a learned positive weight per
+    edge, w initialised to 1, as in randomly wired networks), computed as one batched product rather
+    than a Python loop of adds. `adapters` maps an edge (u, v), with u = "in" for the graph input and
+    v = "out" for the output average, to the module that changes its width and resolution.
+    """
+
+    def __init__(self, graph, nodes, adapters=None):
+        super().__init__()
+        n = graph["nodes"]
+        self.nodes = nn.ModuleList(nodes)
+        self.inputs, self.outputs = set(graph["inputs"]), list(graph["outputs"])
+        self.preds = [[u for u, w in graph["edges"] if w == v] for v in range(n)]
+        # the last node that reads each output, so inference can free it early
+        self.last_use = [max([v for u, v in graph["edges"] if u == x], default=n) for x in range(n)]
+        self.edge_w = nn.ParameterDict({str(v): nn.Parameter(torch.ones(len(p)))
+                                        for v, p in enumerate(self.preds) if len(p) > 1})
+        self.adapters = nn.ModuleDict({f"{u}->{v}": m for (u, v), m in (adapters or {}).items()
+                                       if not isinstance(m, nn.Identity)})
+
+    def adapt(self, x, u, v):
+        key = f"{u}->{v}"
+        return self.adapters[key](x) if key in self.adapters else x
+
+    def forward(self, x):
+        outs = {}
+        for v, node in enumerate(self.nodes):
+            if v in self.inputs:
+                h = self.adapt(x, "in", v)
+            elif len(self.preds[v]) == 1:
+                h = self.adapt(outs[self.preds[v][0]], self.preds[v][0], v)
+            else:
+                xs = torch.stack([self.adapt(outs[u], u, v) for u in self.preds[v]])  # (k, B, C, H, W)
+                w = torch.sigmoid(self.edge_w[str(v)]).to(xs.dtype)
+                h = torch.tensordot(w, xs, dims=1)  # (B, C, H, W)
+            outs[v] = node(h)
+            for u in self.preds[v]:
+                if self.last_use[u] == v:
+                    del outs[u]
+        ys = torch.stack([self.adapt(outs[o], o, "out") for o in self.outputs])  # (n_out, B, C, H, W)
+        return ys.mean(0)
+
+
+class Network(nn.Module):
+    """Stem -> top-level DAG of cells (three stages, widths C, 2C, 4C) -> head."""
+
+    def __init__(self, arch):
+        super().__init__()
+        c, ratios = arch["width"], arch["stage_ratios"]
+        widths = [c * ratios[cell["stage"]] for cell in arch["cells"]]
+        stages = [cell["stage"] for cell in arch["cells"]]
+        if arch["image_size"] < SMALL_IMAGE:
+            self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+                                      nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+        else:  # two stride-2 stems: 224 px -> 56 px
+            self.stem = nn.Sequential(nn.Conv2d(3, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c),
+                                      nn.ReLU(), nn.Conv2d(c, c, 3, stride=2, padding=1, bias=False),
+                                      nn.BatchNorm2d(c))
+        cells = [DAG(cell["graph"], [DAG(m, [unit(w) for _ in range(m["nodes"])]) for m in cell["modules"]])
+                 for cell, w in zip(arch["cells"], widths)]
+        top = arch["top"]
+        last = max(stages)
+        edges = [(u, v, widths[u], stages[u]) for u, v in top["edges"]] + \
+                [("in", v, c, 0) for v in top["inputs"]]
+        adapters = {(u, v): adapter(c_in, widths[v], 2 ** (stages[v] - s)) for u, v, c_in, s in edges}
+        adapters.update({(o, "out"): adapter(widths[o], c * ratios[last], 2 ** (last - stages[o]))
+                         for o in top["outputs"]})
+        self.cells = DAG(top, cells, adapters)
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(c * ratios[last], HEAD_WIDTH, 1, bias=False),
+                                  nn.BatchNorm2d(HEAD_WIDTH), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                  nn.Dropout(0.2), nn.Linear(HEAD_WIDTH, arch["num_classes"]))
+
+    def forward(self, x):  # (B, 3, H, W) -> (B, num_classes)
+        return self.head(self.cells(self.stem(x)))
+
+
+def build(arch):
+    """The torch.nn.Module of an architecture sampled by `sample` (or loaded from its JSON)."""
+    return Network(arch)
+
+
+# ----------------------------------------------------------------------------------------------
+# Profile: parameters, MACs and activation memory per sample (the paper's Fig. 6 axis)
+
+class LiveTensorBytes(TorchDispatchMode):
+    """An exact account of the tensor bytes alive during a forward pass: every tensor an operation
+    returns is counted once per storage from its creation until its last Python reference dies
+    (weakref.finalize); storages that existed before (weights, the input) are not counted."""
+
+    def __init__(self, existing):
+        super().__init__()
+        self.existing = {t.untyped_storage().data_ptr() for t in existing}
+        self.refs, self.live, self.peak = {}, 0, 0
+
+    def release(self, ptr, nbytes):
+        self.refs[ptr] -= 1
+        if self.refs[ptr] == 0:
+            del self.refs[ptr]
+            self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor) or t.untyped_storage().data_ptr() in self.existing:
+                continue
+            ptr, nbytes = t.untyped_storage().data_ptr(), t.untyped_storage().nbytes()
+            if ptr not in self.refs:
+                self.refs[ptr] = 0
+                self.live += nbytes
+                self.peak = max(self.peak, self.live)
+            self.refs[ptr] += 1
+            weakref.finalize(t, self.release, ptr, nbytes)
+        return out
+
+
+def profile(model, image_size, device="cpu", batch_size=8):
+    """Parameters, MACs per image (torch's FLOP counter: a multiply-add is 2 FLOPs) and peak
+    activation memory per image for inference (MiB): CUDA memory statistics on a GPU, an exact
+    account of live tensor bytes (LiveTensorBytes) on the CPU. The input batch itself is not counted."""
+    from torch.utils.flop_counter import FlopCounterMode
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    params = sum(p.numel() for p in model.parameters())
+    x = torch.zeros(batch_size, 3, image_size, image_size, device=device)
+    with torch.inference_mode():
+        counter = FlopCounterMode(display=False)
+        with counter:
+            model(x[:1])
+        macs = counter.get_total_flops() // 2
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            before = torch.cuda.memory_allocated(device)
+            model(x)
+            torch.cuda.synchronize(device)
+            peak = torch.cuda.max_memory_allocated(device) - before
+        else:
+            counter = LiveTensorBytes([x, *model.parameters(), *model.buffers()])
+            with counter:
+                model(x)
+            peak = counter.peak
+    model.train(was_training)
+    return {"params": params, "macs": int(macs), "memory_mb": peak / batch_size / 2**20}
+
+
+# ----------------------------------------------------------------------------------------------
+# Drawing (paper Fig. 5)
+
+def draw(arch, path):
+    """Draw the three levels like the paper's Fig. 5: the top-level graph of cells (coloured by
+    stage), the first cell's graph of modules, and that cell's first module's graph of units.
+    Input nodes are yellow, output nodes blue, the rest grey; arrows show the information flow."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ValueError("--draw needs matplotlib: pip install matplotlib") from None
+    cell = arch["cells"][0]
+    panels = [("top: cells (stages 0/1/2)", arch["top"], [c["stage"] for c in arch["cells"]]),
+              ("mid: modules of cell 0", cell["graph"], None),
+              ("bottom: units of module 0", cell["modules"][0], None)]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 5))
+    for ax, (title, graph, stages) in zip(axes, panels):
+        g = nx.DiGraph()
+        g.add_nodes_from(range(graph["nodes"]))
+        g.add_edges_from(map(tuple, graph["edges"]))
+        for v in g:  # layer = longest path from an input node, for a left-to-right layout
+            g.nodes[v]["layer"] = max([g.nodes[u]["layer"] + 1 for u in g.predecessors(v)], default=0)
+        pos = nx.multipartite_layout(g, subset_key="layer")
+        if stages is not None:
+            colors = [["#f4d35e", "#ee964b", "#f95738"][s] for s in stages]
+        else:
+            colors = ["#f4d35e" if v in graph["inputs"] else "#5fa8d3" if v in graph["outputs"] else "#bbbbbb"
+                      for v in g]
+        nx.draw_networkx(g, pos, ax=ax, node_color=colors, arrows=True, node_size=400, font_size=8)
+        ax.set_title(title)
+        ax.axis("off")
+    t = arch["theta"]
+    fig.suptitle(f"seed {arch['seed']}, width {arch['width']}, {arch['params'] / 1e6:.2f} M params, "
+                 + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in t.items()),
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+
+def read_json_arg(text, what):
+    """A JSON object given inline or as a file name; best.json files carry θ under the key "theta"."""
+    try:
+        if text.lstrip().startswith("{"):
+            value = json.loads(text)
+        else:
+            with open(text) as f:
+                value = json.load(f)
+    except OSError as e:
+        raise ValueError(f"cannot read {what} file {text!r}: {e.strerror}.") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what} {text!r} is not valid JSON ({e.msg} at line {e.lineno}).") from None
+    if what == "--theta" and isinstance(value, dict) and "theta" in value:
+        value = value["theta"]
+    return value
+
+
+def summary(arch, model, seconds):
+    """The printed summary of one architecture."""
+    top = arch["top"]
+    mids = [c["graph"] for c in arch["cells"]]
+    bottoms = [m for c in arch["cells"] for m in c["modules"]]
+    stats = profile(model, arch["image_size"])
+    lines = [
+        f"top     {top['nodes']} cells, {len(top['edges'])} edges, stages "
+        f"{[sum(c['stage'] == s for c in arch['cells']) for s in range(3)]}",
+        f"mid     {sum(g['nodes'] for g in mids)} modules, {sum(len(g['edges']) for g in mids)} edges",
+        f"bottom  {sum(g['nodes'] for g in bottoms)} units, {sum(len(g['edges']) for g in bottoms)} edges",
+        f"width   C = {arch['width']} (stages {', '.join(str(arch['width'] * r) for r in arch['stage_ratios'])})",
+        f"params  {stats['params']:,} (limit {arch['max_params']:,})",
+        f"MACs    {stats['macs'] / 1e6:,.1f} M per {arch['image_size']} px image",
+        f"memory  {stats['memory_mb']:.2f} MiB activations per image (inference, CPU)",
+        f"built   in {seconds:.2f} s",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--theta", help="θ as inline JSON or a JSON file (a best.json from search.py works too)")
+    source.add_argument("--arch", help="an architecture JSON written by --save, to summarise or draw again")
+    parser.add_argument("--seed", type=int, default=0, help="architecture seed: (θ, seed) fixes the network")
+    parser.add_argument("--image-size", type=int, default=32, help="input resolution (32 for CIFAR, 224 for MIT67)")
+    parser.add_argument("--num-classes", type=int, default=10, help="classes of the data set")
+    parser.add_argument("--max-params", type=float, default=None,
+                        help="parameter limit (default: 4.0e6 below 40 px, 6.0e6 above, paper Sec. 4)")
+    parser.add_argument("--save", help="write the architecture data to this JSON file")
+    parser.add_argument("--draw", help="draw the three graph levels to this image file (needs matplotlib)")
+    args = parser.parse_args(argv)
+    try:
+        start = time.perf_counter()
+        if args.arch:
+            arch = read_json_arg(args.arch, "--arch")
+            if not isinstance(arch, dict) or not {"top", "cells", "width"} <= set(arch):
+                raise ValueError(f"{args.arch} is not an architecture file written by generator.py --save.")
+        else:
+            if args.image_size < 8 or args.num_classes < 2:
+                raise ValueError("--image-size must be at least 8 and --num-classes at least 2.")
+            arch = sample(read_json_arg(args.theta, "--theta"), args.seed, args.image_size, args.num_classes,
+                          args.max_params)
+        model = build(arch)
+        print(summary(arch, model, time.perf_counter() - start))
+        if args.save:
+            with open(args.save, "w") as f:
+                json.dump(arch, f)
+            print(f"saved   {args.save}")
+        if args.draw:
+            draw(arch, args.draw)
+            print(f"drawn   {args.draw}")
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -116,6 +116,9 @@ def load_data(name, data_dir=None, split="search", download=False, device="cpu",
         raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
     if split not in ("search", "final"):
         raise ValueError(f"split must be 'search' or 'final', not {split!r}")
+    if download and name not in ("cifar10", "cifar100"):
+        raise ValueError(f"--download fetches CIFAR only; put {name} in its folder by hand (layouts "
+                         f"in data.py)")
     preset = PRESETS[name]
     root = Path(data_dir) if data_dir is not None else default_data_dir(name)
     val_size = preset.val_size if val_size is None else val_size

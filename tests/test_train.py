@@ -41,6 +41,16 @@ def model(seed=0, **kw):
     return Tiny(**kw)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """These tests run many tiny ops: one thread avoids waking a pool for each (on a busy 2-core
+    machine each parallel region can wait a whole scheduler time slice)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def digits():
     return D.load_data("digits")
@@ -335,3 +345,28 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     assert rc == 1 and err.startswith("error: no cifar10 data") and "\n" not in err
     rc = T.main(["--arch", "darts", "--dataset", "digits", "--resume"])
     assert rc == 1 and "--save" in capsys.readouterr().err
+
+
+def test_cli_teacher_then_student_with_kd(tmp_path, capsys):
+    """The README's two commands on the bundled digits: train a (tiny) DARTS teacher, then a student
+    of G(θ) with KD from it; each prints progress lines and a final JSON summary."""
+    import json
+    teacher = tmp_path / "teacher.pt"
+    assert T.main(["--arch", "darts", "--width", "4", "--layers", "3", "--dataset", "digits",
+                   "--split", "final", "--epochs", "1", "--batch-size", "700", "--save", str(teacher)]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["config"]["arch"] == "darts" and summary["profile"]["params"] > 0
+    theta = tmp_path / "theta.json"
+    theta.write_text(json.dumps({"config": {"top_nodes": 3, "top_k": 2, "top_p": 0.5, "mid_nodes": 3,
+                                            "mid_p": 0.5, "bottom_nodes": 3, "bottom_k": 2,
+                                            "bottom_p": 0.5, "tau": 2.0, "alpha": 0.7}}))
+    assert T.main(["--theta", str(theta), "--dataset", "digits", "--epochs", "1", "--max-params",
+                   "30000", "--batch-size", "550", "--teacher", str(teacher)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith("epoch    1/1") and " val " in out[0]
+    summary = json.loads(out[-1])
+    assert (summary["config"]["tau"], summary["config"]["alpha"]) == (2.0, 0.7)
+    assert summary["config"]["teacher"] == str(teacher) and summary["profile"]["params"] <= 30000
+    assert T.main(["--theta", str(theta), "--dataset", "digits", "--epochs", "1", "--max-params",
+                   "30000"]) == 1  # alpha = 0.7 from the θ file needs a teacher
+    assert "--teacher" in capsys.readouterr().err

@@ -117,6 +117,40 @@ def evaluate(model, data, part, batch_size, autocast, memory_format, workers=2):
     return correct.item() / len(part), loss.item() / len(part)
 
 
+def train_epoch(model, teacher, data, batch_size, optimizer, scaler, autocast, gen, *, tau, alpha,
+                aux_weight, grad_clip, cutout, workers, memory_format):
+    """One pass over data.train with L_KD (Eq. 2); teacher None means alpha = 0 (no teacher forward).
+    Returns (mean training loss, training accuracy, images seen); the host waits once, at the end."""
+    model.train()
+    loss_sum = torch.zeros((), device=data.device)
+    correct = torch.zeros((), device=data.device, dtype=torch.int64)
+    seen = 0
+    for x, y in batches(data, data.train, batch_size, train=True, gen=gen, cutout_size=cutout,
+                        workers=workers, memory_format=memory_format):
+        t_logits = None
+        if teacher is not None:
+            with torch.inference_mode(), autocast:
+                t_logits = teacher(x)                                  # (B, K)
+            t_logits = t_logits.clone()  # an ordinary tensor, so that autograd may save it
+        with autocast:
+            out = model(x)
+            logits, aux = out if isinstance(out, tuple) else (out, None)  # (B, K) each
+            loss = kd_loss(logits, t_logits, y, tau, alpha)
+            if aux is not None:
+                # Interpretation: the auxiliary head learns from the labels only, as in DARTS.
+                loss = loss + aux_weight * F.cross_entropy(aux.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients (a no-op without fp16)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        loss_sum += loss.detach() * len(y)  # on the device: no host sync per step
+        correct += (logits.detach().argmax(1) == y).sum()
+        seen += len(y)
+    return loss_sum.item() / seen, correct.item() / seen, seen
+
+
 def fit(model, data, epochs, teacher=None, tau=TAU, alpha=0.0, device="cpu", seed=0, *,
         batch_size=BATCH_SIZE, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
         grad_clip=GRAD_CLIP, aux_weight=AUX_WEIGHT, amp="auto", channels_last="auto", cutout=None,
@@ -146,13 +180,13 @@ def fit(model, data, epochs, teacher=None, tau=TAU, alpha=0.0, device="cpu", see
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
 
     model.to(device, memory_format=memory_format)
-    use_teacher = alpha > 0
-    if use_teacher:
+    teacher = teacher if alpha > 0 else None  # alpha = 0: no teacher forward at all
+    if teacher is not None:
         teacher.to(device, memory_format=memory_format).eval()
     drop_path_max = getattr(model, "drop_path_prob", None)
     cfg = {**(config or {}), "dataset": data.name, "split": data.split,
-           "train_size": len(data.train), "num_classes": data.num_classes, "image_size": data.image_size, "epochs": epochs,
-           "batch_size": batch_size, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
+           "train_size": len(data.train), "num_classes": data.num_classes,
+           "image_size": data.image_size, "epochs": epochs, "batch_size": batch_size, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
            "grad_clip": grad_clip, "aux_weight": aux_weight, "drop_path_prob": drop_path_max,
            "tau": tau, "alpha": alpha, "seed": seed, "amp": amp,
            "channels_last": channels_last, "cutout": cutout, "device": str(device)}
@@ -163,6 +197,7 @@ def fit(model, data, epochs, teacher=None, tau=TAU, alpha=0.0, device="cpu", see
     autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
                 else nullcontext())
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
+    provenance = versions()
 
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(seed)
@@ -196,37 +231,13 @@ def fit(model, data, epochs, teacher=None, tau=TAU, alpha=0.0, device="cpu", see
         session_start, failed = time.perf_counter(), None
         for epoch in range(start, end):
             t0 = time.perf_counter()
-            model.train()
             if drop_path_max is not None:  # DARTS's linear ramp from 0 to the model's maximum
                 model.drop_path_prob = drop_path_max * epoch / epochs
-            loss_sum = torch.zeros((), device=device)
-            correct = torch.zeros((), device=device, dtype=torch.int64)
-            seen = 0
-            for x, y in batches(data, data.train, batch_size, train=True, gen=gen,
-                                cutout_size=cutout, workers=workers, memory_format=memory_format):
-                t_logits = None
-                if use_teacher:
-                    with torch.inference_mode(), autocast:
-                        t_logits = teacher(x)                          # (B, K)
-                    t_logits = t_logits.clone()  # an ordinary tensor, so autograd may save it
-                with autocast:
-                    out = model(x)
-                    logits, aux = out if isinstance(out, tuple) else (out, None)  # (B, K) each
-                    loss = kd_loss(logits, t_logits, y, tau, alpha)
-                    if aux is not None:
-                        # Interpretation: the auxiliary head learns from the labels only, as in DARTS.
-                        loss = loss + aux_weight * F.cross_entropy(aux.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                loss_sum += loss.detach() * len(y)   # on the device: no host sync per step
-                correct += (logits.detach().argmax(1) == y).sum()
-                seen += len(y)
+            train_loss, train_acc, seen = train_epoch(
+                model, teacher, data, batch_size, optimizer, scaler,
+                autocast, gen, tau=tau, alpha=alpha, aux_weight=aux_weight, grad_clip=grad_clip,
+                cutout=cutout, workers=workers, memory_format=memory_format)
             scheduler.step()
-            train_loss, train_acc = loss_sum.item() / seen, correct.item() / seen
             train_s = time.perf_counter() - t0
             if not math.isfinite(train_loss):
                 failed = (f"the training loss became {train_loss} in epoch {epoch + 1}; lower --lr "
@@ -252,7 +263,7 @@ def fit(model, data, epochs, teacher=None, tau=TAU, alpha=0.0, device="cpu", see
                     "rng": {"torch": torch.get_rng_state(),
                             "cuda": torch.cuda.get_rng_state(device) if cuda_devices else None,
                             "data": gen.get_state()},
-                    "versions": versions(), "config": cfg})
+                    "versions": provenance, "config": cfg})
 
     last = history[-1] if history else {}
     if failed is None and history and "accuracy" not in last:  # a resumed run that had just ended

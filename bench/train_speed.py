@@ -109,6 +109,9 @@ def main(argv=None):
                    help="full passes over the training split per pipeline (the fastest counts)")
     p.add_argument("--train-images", type=int, default=None,
                    help="training images per timed epoch (default 3 batches on CPU, 100 on CUDA)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads for the training part (default: torch's choice); on a busy "
+                        "machine 1 avoids waiting for descheduled pool threads at every op")
     p.add_argument("--teacher-width", type=int, default=36, help="DARTS teacher's initial channels")
     p.add_argument("--teacher-layers", type=int, default=20, help="DARTS teacher's cells")
     args = p.parse_args(argv)
@@ -127,6 +130,8 @@ def main(argv=None):
           f"({ours_1 / theirs:.1f} x)")
     print(f"  torchvision DataLoader, {args.workers} workers, PIL      {theirs:10,.0f} img/s")
 
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     import teachers
     teacher = teachers.build("darts", data.num_classes, width=args.teacher_width,
                              layers=args.teacher_layers)
@@ -138,8 +143,8 @@ def main(argv=None):
     if device.type == "cuda":
         modes.append(("AMP + channels_last", "auto", True))
     t_params = sum(p.numel() for p in teacher.parameters())
-    print(f"\ntraining (train.fit), batch {args.batch_size}, {n} images per epoch, second epoch timed;"
-          f" teacher DARTS C={args.teacher_width}, {args.teacher_layers} cells, "
+    print(f"\ntraining (train.fit, {torch.get_num_threads()} torch threads), batch {args.batch_size}, "
+          f"{n} images per epoch, second epoch timed; teacher DARTS C={args.teacher_width}, {args.teacher_layers} cells, "
           f"{t_params / 1e6:.2f} M params")
     for label, amp, cl in modes:
         ce, s_params = train_rate(small, None, 0.0, device, amp, cl)

@@ -370,3 +370,8 @@ def test_cli_teacher_then_student_with_kd(tmp_path, capsys):
     assert T.main(["--theta", str(theta), "--dataset", "digits", "--epochs", "1", "--max-params",
                    "30000"]) == 1  # alpha = 0.7 from the θ file needs a teacher
     assert "--teacher" in capsys.readouterr().err
+
+
+def test_data_cli_prints_the_splits(capsys):
+    D.main(["--dataset", "digits"])
+    assert "digits (search): {'train': 1097, 'val': 300}" in capsys.readouterr().out

@@ -30,7 +30,7 @@ import hashlib
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -76,9 +76,16 @@ class TensorSplit:
     """A whole split on the training device: x (N, 3, H, W) uint8, y (N,) int64."""
     x: torch.Tensor
     y: torch.Tensor
+    padded: dict = field(default_factory=dict, repr=False, compare=False)  # (pad, flip) -> views
 
     def __len__(self):
         return len(self.y)
+
+    def views(self, pad, flip):
+        """padded_views(x, pad, flip), made on first use and kept: an epoch then costs one copy."""
+        if (pad, flip) not in self.padded:
+            self.padded[pad, flip] = padded_views(self.x, pad, flip)
+        return self.padded[pad, flip]
 
 
 @dataclass
@@ -245,24 +252,29 @@ def decode_images(paths, image_size):
 # ----------------------------------------------------------------------------------------------------
 # Small images: batched augmentation on the device
 
-def crop_flip(x, pad, flip, gen):
-    """Random crop with `pad` px of zero padding and random horizontal flip of every image of x
-    (N, C, H, W) uint8, usually a whole epoch at once -> (N, C, H, W) uint8. A strided view holds
-    every crop of every image without copying; indexing it with each image's offsets copies the
-    chosen crops in one pass (no per-image Python, no per-pixel index arithmetic)."""
-    n, c, h, w = x.shape
-    dev = x.device
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=dev)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=dev)
+def padded_views(x, pad, flip):
+    """x (N, C, H, W) zero-padded by `pad` px, stacked with its mirror image when flip is on:
+    (2 or 1, N, C, H+2p, W+2p). Cropping the mirror at offset dx is the mirror of the crop at 2p-dx,
+    so choosing a view at random is a random horizontal flip."""
     padded = F.pad(x, (pad, pad, pad, pad))                            # (N, C, H+2p, W+2p)
-    sn, sc, sh, sw = padded.stride()
-    crops = padded.as_strided((n, 2 * pad + 1, 2 * pad + 1, c, h, w),
-                              (sn, sh, sw, sc, sh, sw))                # (N, 2p+1, 2p+1, C, H, W)
-    out = crops[torch.arange(n, device=dev), dy, dx]                   # (N, C, H, W)
-    if flip:
-        idx = (torch.rand(n, generator=gen, device=dev) < 0.5).nonzero().squeeze(1)
-        out[idx] = out[idx].flip(3)
-    return out
+    return torch.stack([padded, padded.flip(3)]) if flip else padded[None]
+
+
+def crop_flip(views, order, pad, gen):
+    """Images `order` of padded_views, each randomly cropped back to H x W (random crop with zero
+    padding) from a random view (random flip): (len(order), C, H, W) uint8. A strided view holds
+    every crop of every image without copying; indexing it with each image's view, position and
+    offsets copies the chosen crops in one pass, shuffled by `order`: no per-image Python, no
+    per-pixel index arithmetic."""
+    f, n, c, hp, wp = views.shape
+    h, w, m, dev = hp - 2 * pad, wp - 2 * pad, len(order), views.device
+    mirror = torch.randint(0, f, (m,), generator=gen, device=dev)
+    dy = torch.randint(0, 2 * pad + 1, (m,), generator=gen, device=dev)
+    dx = torch.randint(0, 2 * pad + 1, (m,), generator=gen, device=dev)
+    s_f, s_n, s_c, s_h, s_w = views.stride()
+    crops = views.as_strided((f, n, 2 * pad + 1, 2 * pad + 1, c, h, w),
+                             (s_f, s_n, s_h, s_w, s_c, s_h, s_w))       # (F, N, 2p+1, 2p+1, C, H, W)
+    return crops[mirror, order, dy, dx]                                # (M, C, H, W)
 
 
 def cutout(x, size, gen):
@@ -281,9 +293,10 @@ def cutout(x, size, gen):
 
 def normalise(x, preset, memory_format=torch.contiguous_format):
     """uint8 (B, C, H, W) -> float32 (B, C, H, W) in `memory_format`, standardised with the data
-    set's mean and std (the type and layout change in one copy, the arithmetic in place)."""
+    set's mean and std. The layout changes on the uint8 copy (a quarter of the bytes); the
+    arithmetic runs in place."""
     mean, std = stats_on(preset, x.device)
-    return x.to(dtype=torch.float32, memory_format=memory_format).sub_(mean).div_(std)
+    return x.contiguous(memory_format=memory_format).float().sub_(mean).div_(std)
 
 
 @functools.lru_cache(maxsize=None)
@@ -303,7 +316,8 @@ def batches(data, part, batch_size, train, gen=None, cutout_size=0, workers=2,
         xs, ys = part.x, part.y                                        # (N, 3, S, S), (N,)
         if train:  # this epoch's order and augmentation, for all images at once
             order = torch.randperm(len(part), generator=gen, device=ys.device)
-            xs, ys = crop_flip(xs[order], data.preset.pad, data.preset.flip, gen), ys[order]
+            views = part.views(data.preset.pad, data.preset.flip)
+            xs, ys = crop_flip(views, order, data.preset.pad, gen), ys[order]
         for i in range(0, len(part), batch_size):
             x = normalise(xs[i:i + batch_size], data.preset, memory_format)
             if cutout_size:

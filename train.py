@@ -182,7 +182,9 @@ def fit(model, data, epochs, teacher=None, tau=TAU, alpha=0.0, device="cpu", see
     model.to(device, memory_format=memory_format)
     teacher = teacher if alpha > 0 else None  # alpha = 0: no teacher forward at all
     if teacher is not None:
-        teacher.to(device, memory_format=memory_format).eval()
+        # channels_last on every device: the DARTS teacher's depthwise-separable convolutions run
+        # twice as fast in NHWC on the CPU too (bench/train_speed.py), unlike the NAGO students.
+        teacher.to(device, memory_format=torch.channels_last).eval()
     drop_path_max = getattr(model, "drop_path_prob", None)
     cfg = {**(config or {}), "dataset": data.name, "split": data.split,
            "train_size": len(data.train), "num_classes": data.num_classes,

@@ -64,18 +64,19 @@ def quiet(*_):
 # Augmentation
 
 def test_crop_flip_outputs_are_crops_of_the_padded_image():
-    """Every output equals one of the (2p+1)^2 x 2 crops (flipped or not) of its zero-padded input,
+    """Output i equals one of the (2p+1)^2 x 2 crops (flipped or not) of zero-padded input order[i],
     found by brute force in numpy; offsets and flips are spread over their range."""
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8, generator=g)
-    out = D.crop_flip(x, pad=2, flip=True, gen=g).numpy()
+    order = torch.randperm(64, generator=g)
+    out = D.crop_flip(D.padded_views(x, 2, True), order, 2, g).numpy()
     padded = np.pad(x.numpy(), ((0, 0), (0, 0), (2, 2), (2, 2)))
     found = []
-    for i in range(len(x)):
+    for i, j in enumerate(order.tolist()):
         hits = [(dy, dx, f) for dy in range(5) for dx in range(5) for f in (False, True)
                 if np.array_equal(out[i], (lambda c: c[..., ::-1] if f else c)(
-                    padded[i, :, dy:dy + 8, dx:dx + 8]))]
-        assert hits, f"output {i} is no crop of its input"
+                    padded[j, :, dy:dy + 8, dx:dx + 8]))]
+        assert hits, f"output {i} is no crop of input {j}"
         found.append(hits[0])
     assert len({(dy, dx) for dy, dx, _ in found}) > 10
     assert 10 < sum(f for *_, f in found) < 54
@@ -84,7 +85,7 @@ def test_crop_flip_outputs_are_crops_of_the_padded_image():
 def test_no_flip_preset_never_flips():
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, 256, (32, 3, 6, 6), dtype=torch.uint8, generator=g)
-    assert torch.equal(D.crop_flip(x, pad=0, flip=False, gen=g), x)
+    assert torch.equal(D.crop_flip(D.padded_views(x, 0, False), torch.arange(32), 0, g), x)
     assert D.PRESETS["digits"].flip is False and D.PRESETS["cifar10"].flip is True
 
 

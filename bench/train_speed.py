@@ -11,7 +11,7 @@ the on-device pipeline at least 5x torchvision's DataLoader; KD at most 1.4x a c
 3. Training again with AMP + channels_last against float32 + contiguous on CUDA; with bf16 autocast
    (--amp bf16) against float32 on the CPU.
 
-    python bench/train_speed.py --data-dir /tmp/cifar10-jpeg     # CIFAR-10 image folder (see data.py)
+    python bench/train_speed.py --data-dir /tmp/cifar10-jpeg --threads 1   # CIFAR-10 image folder, ~3 min
 
 Measured 2026-11-25 on the project's 2-core AMD EPYC VM (no GPU; other jobs running beside it),
 torch 2.14.1, `--threads 1` for the training part (a busy 2-core machine makes every op wait for a

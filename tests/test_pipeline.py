@@ -30,7 +30,7 @@ def teacher(tmp_path_factory):
     """A tiny DARTS teacher for digits, trained for one epoch (its accuracy does not matter here)."""
     path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
     assert train.main(["--arch", "darts", "--dataset", "digits", "--split", "final", "--width", "4",
-                       "--layers", "2", "--epochs", "1", "--no-auxiliary", "--save", str(path)]) == 0
+                       "--layers", "3", "--epochs", "1", "--no-auxiliary", "--save", str(path)]) == 0
     return str(path)
 
 

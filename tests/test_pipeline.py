@@ -17,7 +17,7 @@ import train  # noqa: E402
 
 # 1 iteration of budgets 1 -> 2 epochs with η = 2: 2 @ 1 -> 1 @ 2, then 2 @ 2: 5 trainings
 TINY = ["--dataset", "digits", "--min-budget", "1", "--max-budget", "2", "--iterations", "1",
-        "--max-params", "60000", "--gpus", "0"]
+        "--max-params", "120000", "--gpus", "0"]
 
 
 def cli(script, *args, **kw):
@@ -52,7 +52,7 @@ def test_search_retrain_report_end_to_end(tmp_path, teacher):
         [(0, 0, 1.0), (0, 0, 1.0), (0, 1, 2.0), (1, 0, 2.0), (1, 0, 2.0)]
     for r in records:
         assert r["error"] is None and 0 <= r["info"]["accuracy"] <= 1
-        assert r["info"]["params"] <= 60000 and set(r["config"]) >= {"tau", "alpha", "top_nodes"}
+        assert r["info"]["params"] <= 120000 and set(r["config"]) >= {"tau", "alpha", "top_nodes"}
     # the promoted configuration keeps its architecture seed across rungs
     promoted = [r for r in records if r["rung"] == 1][0]
     first = [r for r in records if r["rung"] == 0 and r["bracket"] == 0 and r["index"] == promoted["index"]][0]
@@ -65,7 +65,7 @@ def test_search_retrain_report_end_to_end(tmp_path, teacher):
     assert str(out / "best.json") in s.stdout
 
     # the generator reads best.json directly
-    g = cli("generator.py", "--theta", str(out / "best.json"), "--image-size", "16", "--max-params", "60000")
+    g = cli("generator.py", "--theta", str(out / "best.json"), "--image-size", "16", "--max-params", "120000")
     assert g.returncode == 0, g.stderr
 
     r = cli("retrain.py", "--theta", str(out / "best.json"), "--k", "2", "--epochs", "1", "--workers", "2",
@@ -160,7 +160,7 @@ def test_failed_evaluations_are_logged_as_inf_and_the_search_goes_on(tmp_path, m
     ("search.py", ["--dataset", "cifar10", "--gpus", "0"], "needs --teacher CKPT"),
     ("search.py", ["--dataset", "digits", "--teacher", "/no/such.pt", "--gpus", "0"], "not found"),
     ("search.py", ["--dataset", "svhn"], "invalid choice"),
-    ("search.py", ["--dataset", "digits", "--no-kd", "--max-params", "30000"], "does not fit --max-params"),
+    ("search.py", ["--dataset", "digits", "--no-kd", "--max-params", "60000"], "does not fit --max-params"),
     ("search.py", ["--dataset", "digits", "--no-kd", "--gpus", "64"], "more GPUs than"),
     ("retrain.py", ["--theta", "/no/such/best.json"], "cannot read --theta"),
     ("retrain.py", ["--theta", "{BAD"], "cannot read --theta"),

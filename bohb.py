@@ -49,16 +49,18 @@ class Space:
     owns an equal share of the unit interval (ConfigSpace's convention, which hpbandster uses)."""
 
     def __init__(self, space):
-        self.names, self.kinds, self.bounds = list(space), [], []
+        self.names, self.kinds, self.bounds, log = list(space), [], [], []
         for name, spec in space.items():
-            kind, low, high, *scale = tuple(spec) + (None,) * (3 - len(spec))
-            log = scale == ["log"]
-            if kind not in (int, float) or scale not in ([], ["log"]) or not low < high or log and low <= 0:
-                raise ValueError(f"search space entry {name!r} = {spec!r} should be (int or float, low, "
-                                 "high) or (..., 'log') with low < high, and low > 0 on a log scale.")
-            self.kinds.append(kind)
-            self.bounds.append((low, high))
-        self.log = np.array([len(space[n]) == 4 for n in self.names])  # (d,)
+            shaped = isinstance(spec, (tuple, list)) and len(spec) in (3, 4) and spec[0] in (int, float)
+            if not (shaped and tuple(spec[3:]) in ((), ("log",)) and spec[1] < spec[2]
+                    and (spec[0] is float or isinstance(spec[1], int) and isinstance(spec[2], int))
+                    and (len(spec) == 3 or spec[1] > 0)):
+                raise ValueError(f"search space entry {name!r} = {spec!r} should be (int or float, low, high) "
+                                 "or (..., 'log'), with low < high, integer bounds for int, low > 0 for 'log'.")
+            self.kinds.append(spec[0])
+            self.bounds.append(tuple(spec[1:3]))
+            log.append(len(spec) == 4)
+        self.log = np.array(log)  # (d,)
         ends = np.array([(lo - 0.5, hi + 0.5) if k is int else (lo, hi)
                          for k, (lo, hi) in zip(self.kinds, self.bounds)], dtype=float)  # (d, 2)
         ends[self.log] = np.log(ends[self.log])
@@ -193,7 +195,7 @@ class BOHB:
         self.history = []       # every told result, in order
 
     def propose(self):
-        """A new config and its origin (Falkner et al. Alg. 2): uniform at random while no budget has a
+        """Alg. 1 line 4, one config at a time, by Falkner et al. Alg. 2; returns (config, origin). Uniform at random while no budget has a
         model, and with probability random_fraction; else draw num_samples candidates around good points
         (truncated normals, bandwidth * bandwidth_factor) and keep the one maximising l(x) / g(x), using
         the model of the largest budget that has one."""
@@ -255,7 +257,9 @@ class BOHB:
         losses.append(loss)
 
     def incumbent(self):
-        """The best result at the largest budget that has a finite loss (the earliest on ties), or None."""
+        """Alg. 1 line 12, theta*: the best result at the largest budget that has a finite loss (the
+        earliest on ties), or None. Interpretation: a config seen only at a smaller budget never wins,
+        as in hpbandster; the alternative, the lowest loss at any budget, favours biased short runs."""
         finite = [r for r in self.history if math.isfinite(r["loss"])]
         if not finite:
             return None
@@ -270,7 +274,9 @@ class BOHB:
         evaluations in flight on a concurrent.futures executor (default: its pool size); returns the
         history. objective(config, budget, job) -> {"loss": float, ...} runs in the workers (a
         module-level function for a process pool). on_result(record) is called after each new record is
-        logged. With an existing log_path the search resumes: logged jobs are told, not run again."""
+        logged. With an existing log_path the search resumes: logged jobs are told, not run again, and
+        with one worker the resumed search is the uninterrupted one. A failed future is logged as a
+        failure; a pool that refuses new work (a broken process pool) stops the run: run it again."""
         logged = {job_key(r): r for r in read_log(log_path)} if log_path else {}
         n_workers = n_workers or getattr(executor, "_max_workers", 1)  # both stdlib pools set it
         running = {}  # future -> job, in submission order
@@ -320,7 +326,8 @@ def to_json(value):
 
 
 def evaluate(objective, job):
-    """Run the objective on one job (in a worker) and return its log record; never raises, so a failed
+    """Alg. 1 line 7 for one config: run the objective in a worker and return the log record. It never
+    raises, so a failed
     or non-finite evaluation becomes loss None (+inf) with its error text and the search goes on."""
     started = time.time()
     try:
@@ -434,7 +441,8 @@ def main():
     parser.add_argument("--min-budget", type=float, default=30, help="smallest budget (paper: 30 epochs)")
     parser.add_argument("--max-budget", type=float, default=120, help="largest budget (paper: 120 epochs)")
     parser.add_argument("--eta", type=int, default=2, help="successive-halving rate (paper: 2)")
-    parser.add_argument("--iterations", type=int, default=10, help="demo: Hyperband iterations to run")
+    parser.add_argument("--iterations", type=int, default=21,
+                        help="demo: Hyperband iterations to run (paper: about 21, ~300 trainings)")
     parser.add_argument("--workers", type=int, default=4, help="demo: evaluations in flight")
     parser.add_argument("--seed", type=int, default=0, help="demo: seed of the optimiser")
     parser.add_argument("--seconds-per-budget", type=float, default=1e-3,

@@ -116,6 +116,13 @@ def test_proposals_stay_in_bounds_and_integers_are_integral():
             assert type(config[name]) is kind and low <= config[name] <= high
 
 
+@pytest.mark.parametrize("spec", [(int, 1.5, 3), (float, 0.0, 1.0, "lin"), (float, 0.0, 1.0, "log"),
+                                  (str, 0, 1), (float, 1.0), (int, 3, 3), 5])
+def test_a_malformed_space_is_refused_in_one_sentence(spec):
+    with pytest.raises(ValueError, match="should be"):
+        bohb.Space({"a": spec})
+
+
 def test_integers_get_equal_shares_and_survive_a_round_trip():
     space = bohb.Space({"n": (int, 3, 10), "k": (int, 2, 5)})
     draws = [space.decode(x) for x in np.random.default_rng(0).random((8000, 2))]

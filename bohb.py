@@ -283,18 +283,23 @@ class BOHB:
         log = open(log_path, "a") if log_path else None
         try:
             while True:
-                while len(running) < n_workers and (job := self.ask(n_iterations)) is not None:
+                refusal = None  # set when the pool takes no more work (a broken process pool)
+                while refusal is None and len(running) < n_workers and (job := self.ask(n_iterations)) is not None:
                     record = logged.pop(job_key(job), None)
                     if record is None:
-                        running[executor.submit(evaluate, objective, job)] = job
+                        try:
+                            running[executor.submit(evaluate, objective, job)] = job
+                        except RuntimeError as error:
+                            refusal = error
                     elif record["budget"] != job["budget"] or set(record["config"]) != set(self.space.names):
                         raise ValueError(f"{log_path} was written by a search with other budgets or another "
                                          "space: resume with the same settings, or give a new log path.")
                     else:
                         self.tell(record)  # finished before the restart: the logged config is the truth
-                if not running:
+                if not running and refusal is None:
                     return self.history
-                done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                # a refused pool: log every evaluation in flight (they fail with it) before stopping
+                done, _ = cf.wait(running, return_when=cf.ALL_COMPLETED if refusal else cf.FIRST_COMPLETED)
                 for future in [f for f in running if f in done]:
                     job = running.pop(future)
                     error = future.exception()  # the worker itself failed (evaluate never raises)
@@ -307,6 +312,8 @@ class BOHB:
                     self.tell(record)
                     if on_result:
                         on_result(record)
+                if refusal:
+                    raise refusal
         finally:
             if log:
                 log.close()

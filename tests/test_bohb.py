@@ -215,6 +215,24 @@ def test_failures_are_logged_as_inf_and_the_search_goes_on(tmp_path):
     assert math.isfinite(optimiser.incumbent()["loss"])
 
 
+def dies_once(config, budget, job):
+    if bohb.job_key(job) == (0, 0, 0, 3):
+        os._exit(1)  # the worker process dies, as it would on a segfault or an out-of-memory kill
+    return bowl(config, budget)
+
+
+def test_a_dead_worker_process_is_logged_and_the_run_resumes(tmp_path):
+    log = tmp_path / "results.jsonl"
+    with pytest.raises(BrokenProcessPool), cf.ProcessPoolExecutor(2) as executor:
+        bohb.BOHB(SPACE, 1, 9, eta=3, seed=0).run(dies_once, executor, 1, log_path=str(log))
+    failed = [r for r in read_lines(log) if bohb.job_key(r) == (0, 0, 0, 3)]
+    assert failed[0]["loss"] is None and "terminated abruptly" in failed[0]["error"]
+    with cf.ProcessPoolExecutor(2) as executor:
+        history = bohb.BOHB(SPACE, 1, 9, eta=3, seed=0).run(dies_once, executor, 1, log_path=str(log))
+    keys = [bohb.job_key(r) for r in read_lines(log)]
+    assert len(history) == len(keys) == len(set(keys)) == 22  # the dead job was not run again
+
+
 def test_incumbent_is_the_best_at_the_largest_budget_earliest_on_ties():
     optimiser = bohb.BOHB({"a": (float, 0.0, 1.0)}, 1, 3, eta=3, seed=0)
     optimiser.history = [{"budget": 1.0, "loss": 0.0, "n": 0}, {"budget": 3.0, "loss": 0.5, "n": 1},

@@ -9,7 +9,7 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -98,6 +98,36 @@ def test_driver_promotes_the_best_of_each_rung_in_the_log(tmp_path):
             assert sorted(members) == sorted(best)
             assert all(members[i]["config"] == below[i]["config"] for i in members)
     assert len(records) == 2 * sum(n for bracket in optimiser.plan for n, _ in bracket)
+
+
+def test_a_waiting_bracket_lets_the_next_one_start_and_resumes_first():
+    optimiser = bohb.BOHB(SPACE, 1, 9, eta=3, seed=0)  # brackets 9 @ 1 -> 3 @ 3 -> 1 @ 9; 5 @ 3 -> ...
+    first_rung = [optimiser.ask(1) for _ in range(9)]
+    waiting = optimiser.ask(1)  # rung 0 of bracket 0 is all in flight: bracket 1 starts
+    assert (waiting["bracket"], waiting["rung"], waiting["budget"]) == (1, 0, 3.0)
+    for job in first_rung:
+        optimiser.tell({**job, **bowl(job["config"], job["budget"])})
+    promoted = optimiser.ask(1)  # the oldest bracket with work goes first
+    assert (promoted["bracket"], promoted["rung"], promoted["origin"]) == (0, 1, "promoted")
+    rest = [optimiser.ask(1) for _ in range(2 + 4 + 3)]  # bracket 0 rung 1, bracket 1 rung 0, bracket 2
+    assert [j["bracket"] for j in rest] == [0, 0, 1, 1, 1, 1, 2, 2, 2] and optimiser.ask(1) is None
+
+
+def test_the_driver_keeps_every_worker_busy():
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def slow(config, budget, job):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.01)
+        with lock:
+            running[0] -= 1
+        return bowl(config, budget)
+
+    with cf.ThreadPoolExecutor(4) as executor:
+        history = bohb.BOHB(SPACE, 1, 9, eta=3, seed=0).run(slow, executor, 1)
+    assert most[0] == 4 and len(history) == 22
 
 
 # ------------------------------------------------------------------------------------------------

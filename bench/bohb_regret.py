@@ -16,7 +16,6 @@ import argparse
 import concurrent.futures as cf
 import functools
 import logging
-import math
 import os
 import sys
 import time
@@ -127,6 +126,7 @@ def main():
     parser.add_argument("--eta", type=int, default=2, help="successive-halving rate (paper: 2)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # hpbandster's ConfigSpace calls
+    warnings.filterwarnings("ignore", category=FutureWarning)  # and its statsmodels and pandas ones
     logging.getLogger("hpbandster").setLevel(logging.ERROR)
     try:
         import hpbandster  # noqa: F401

@@ -419,7 +419,8 @@ def demo(args):
         incumbent = optimiser.incumbent()
         if incumbent and incumbent["budget"] == args.max_budget and incumbent["loss"] < best[0]:
             best[0] = incumbent["loss"]
-            print(f"    incumbent after budget {spent[0]:g}: regret {best[0] - BRANIN_MIN:.4f} {incumbent['config']}")
+            x = ", ".join(f"{name}={value:.3f}" for name, value in incumbent["config"].items())
+            print(f"    incumbent after budget {spent[0]:g}: regret {best[0] - BRANIN_MIN:.4f} at {x}")
 
     objective = functools.partial(branin, max_budget=args.max_budget)
     with cf.ThreadPoolExecutor(args.workers) as executor:

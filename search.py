@@ -122,10 +122,12 @@ class DevicePool(cf.Executor):
 
     def submit(self, fn, *args, **kwargs):
         slot = next(s for s in self.slots if s["future"] is None or s["future"].done())
-        if slot["future"] is not None and isinstance(slot["future"].exception(), cf.process.BrokenProcessPool):
+        try:
+            slot["future"] = slot["executor"].submit(fn, *args, **kwargs)
+        except cf.process.BrokenProcessPool:  # its process died: replace it
             slot["executor"].shutdown(wait=False, cancel_futures=True)
             slot["executor"] = self.start(slot["device"])
-        slot["future"] = slot["executor"].submit(fn, *args, **kwargs)
+            slot["future"] = slot["executor"].submit(fn, *args, **kwargs)
         return slot["future"]
 
     def shutdown(self, wait=True, *, cancel_futures=False):

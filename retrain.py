@@ -195,8 +195,8 @@ def parser():
     p.add_argument("--no-kd", action="store_true", help="train the same architectures with cross-entropy only")
     p.add_argument("--teacher", default=None, help="teacher checkpoint (default: the one of the search)")
     p.add_argument("--data-dir", default=None, help="data folder (default: the search's)")
-    p.add_argument("--gpus", type=int, default=1 if torch.cuda.is_available() else 0,
-                   help="worker processes, one per GPU; 0 runs --workers workers on the CPU")
+    p.add_argument("--gpus", type=int, default=torch.cuda.device_count(),
+                   help="worker processes, one per GPU (default: every GPU); 0 runs --workers workers on the CPU")
     p.add_argument("--workers", type=int, default=1, help="CPU workers when --gpus 0")
     p.add_argument("--seed", type=int, default=0, help="student i uses architecture seed --seed + i")
     p.add_argument("--eval-every", type=int, default=10, help="score on the test set every N epochs and at the end")

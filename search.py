@@ -293,8 +293,8 @@ def parser():
     p.add_argument("--data-dir", default=None, help="data folder (default data/<dataset>; layouts in data.py)")
     p.add_argument("--teacher", default=None, help="teacher checkpoint from train.py (digits: trained if absent)")
     p.add_argument("--no-kd", action="store_true", help="search θ alone with plain cross-entropy (vanilla NAGO)")
-    p.add_argument("--gpus", type=int, default=1 if torch.cuda.is_available() else 0,
-                   help="worker processes, one per GPU; 0 runs --workers workers on the CPU")
+    p.add_argument("--gpus", type=int, default=torch.cuda.device_count(),
+                   help="worker processes, one per GPU (default: every GPU); 0 runs --workers workers on the CPU")
     p.add_argument("--workers", type=int, default=1, help="CPU workers when --gpus 0")
     p.add_argument("--out", default=None, help="output folder (default runs/search-<dataset>[-nokd]); "
                                                "an existing one is resumed")

@@ -246,3 +246,17 @@ def test_inception_resnet_v2_has_a_new_classifier():
     model.eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 224, 224)).shape == (1, 67)
+
+
+def test_teacher_trained_by_train_py_loads(tmp_path):
+    # The README's teacher command at toy size: train.py writes the checkpoint, teachers.load reads it.
+    train = pytest.importorskip("train")
+    path = tmp_path / "teacher.pt"
+    rc = train.main(["--arch", "darts", "--dataset", "digits", "--split", "final", "--width", "4",
+                     "--layers", "3", "--epochs", "1", "--batch-size", "256", "--save", str(path)])
+    assert rc == 0
+    teacher = teachers.load(path, "digits", 10)
+    assert not teacher.training and teacher.auxiliary_head is not None
+    assert [cell.preprocess1[1].out_channels for cell in teacher.cells] == [4, 8, 16]  # width 4, 3 cells
+    with pytest.raises(ValueError, match="trained on digits"):
+        teachers.load(path, "cifar10", 10)

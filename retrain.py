@@ -149,7 +149,7 @@ def run(args):
     teacher_row = json.loads((out / "teacher.json").read_text()) if (out / "teacher.json").is_file() else None
     if teacher_row is None and not no_kd:
         jobs.append((score_teacher, ()))
-    print(f"retraining {len(jobs)} of {settings['k']} students of {json.dumps(best['config'])} for "
+    print(f"retraining {sum(fn is train_student for fn, _ in jobs)} of {settings['k']} students of {json.dumps(best['config'])} for "
           f"{settings['epochs']} epochs {'without' if no_kd else 'with'} KD -> {out}")
     failures = []
 

@@ -122,10 +122,12 @@ class DevicePool(cf.Executor):
 
     def submit(self, fn, *args, **kwargs):
         slot = next(s for s in self.slots if s["future"] is None or s["future"].done())
-        if slot["future"] is not None and isinstance(slot["future"].exception(), cf.process.BrokenProcessPool):
+        try:
+            slot["future"] = slot["executor"].submit(fn, *args, **kwargs)
+        except cf.process.BrokenProcessPool:  # its process died: replace it
             slot["executor"].shutdown(wait=False, cancel_futures=True)
             slot["executor"] = self.start(slot["device"])
-        slot["future"] = slot["executor"].submit(fn, *args, **kwargs)
+            slot["future"] = slot["executor"].submit(fn, *args, **kwargs)
         return slot["future"]
 
     def shutdown(self, wait=True, *, cancel_futures=False):
@@ -167,6 +169,11 @@ def resolve(args):
         s[key] = getattr(args, key) if getattr(args, key) is not None else preset[key]
     image_size = DATA_PRESETS[args.dataset].image_size
     s["max_params"] = args.max_params or preset.get("max_params") or generator.default_max_params(image_size)
+    largest = {name: high for name, (_, _, high) in generator.SPACE.items()}
+    try:  # every θ of the box must fit the limit at width 1, or part of the space could never be trained
+        generator.sample(largest, 0, image_size, DATA_PRESETS[args.dataset].num_classes, s["max_params"])
+    except ValueError as e:
+        raise ValueError(f"the largest θ of the space does not fit --max-params: {e}") from None
     if not 0 < s["min_budget"] <= s["max_budget"]:
         raise ValueError("budgets must satisfy 0 < --min-budget <= --max-budget.")
     s["teacher"] = None if args.no_kd else args.teacher

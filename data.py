@@ -116,6 +116,9 @@ def load_data(name, data_dir=None, split="search", download=False, device="cpu",
         raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
     if split not in ("search", "final"):
         raise ValueError(f"split must be 'search' or 'final', not {split!r}")
+    if download and name not in ("cifar10", "cifar100"):
+        raise ValueError(f"--download fetches CIFAR only; put {name} in its folder by hand (layouts "
+                         f"in data.py)")
     preset = PRESETS[name]
     root = Path(data_dir) if data_dir is not None else default_data_dir(name)
     val_size = preset.val_size if val_size is None else val_size
@@ -241,21 +244,23 @@ def decode_images(paths, image_size):
 # Small images: batched augmentation on the device
 
 def crop_flip(x, pad, flip, gen):
-    """Random crop with `pad` px of zero padding and random horizontal flip, for a whole batch in one
-    gather. x (B, C, H, W) uint8 -> (B, C, H, W) uint8 in channels_last memory."""
-    b, _, h, w = x.shape
+    """Random crop with `pad` px of zero padding and random horizontal flip of every image of x
+    (N, C, H, W) uint8, usually a whole epoch at once -> (N, C, H, W) uint8. A strided view holds
+    every crop of every image without copying; indexing it with each image's offsets copies the
+    chosen crops in one pass (no per-image Python, no per-pixel index arithmetic)."""
+    n, c, h, w = x.shape
     dev = x.device
-    x = F.pad(x, (pad, pad, pad, pad)).permute(0, 2, 3, 1)             # (B, H+2p, W+2p, C)
-    dy = torch.randint(0, 2 * pad + 1, (b, 1), generator=gen, device=dev)
-    dx = torch.randint(0, 2 * pad + 1, (b, 1), generator=gen, device=dev)
-    rows = dy + torch.arange(h, device=dev)                            # (B, H)
-    cols = dx + torch.arange(w, device=dev)                            # (B, W)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=dev)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=dev)
+    padded = F.pad(x, (pad, pad, pad, pad))                            # (N, C, H+2p, W+2p)
+    sn, sc, sh, sw = padded.stride()
+    crops = padded.as_strided((n, 2 * pad + 1, 2 * pad + 1, c, h, w),
+                              (sn, sh, sw, sc, sh, sw))                # (N, 2p+1, 2p+1, C, H, W)
+    out = crops[torch.arange(n, device=dev), dy, dx]                   # (N, C, H, W)
     if flip:
-        mirrored = torch.rand(b, 1, generator=gen, device=dev) < 0.5   # (B, 1)
-        cols = torch.where(mirrored, cols.flip(1), cols)
-    batch = torch.arange(b, device=dev)[:, None, None]                 # (B, 1, 1)
-    out = x[batch, rows[:, :, None], cols[:, None, :]]                 # (B, H, W, C)
-    return out.permute(0, 3, 1, 2)                                     # (B, C, H, W)
+        idx = (torch.rand(n, generator=gen, device=dev) < 0.5).nonzero().squeeze(1)
+        out[idx] = out[idx].flip(3)
+    return out
 
 
 def cutout(x, size, gen):
@@ -272,10 +277,11 @@ def cutout(x, size, gen):
     return x.masked_fill(hole[:, None], 0.0)
 
 
-def normalise(x, preset):
-    """uint8 (B, C, H, W) -> float32 (B, C, H, W), standardised with the data set's mean and std."""
+def normalise(x, preset, memory_format=torch.contiguous_format):
+    """uint8 (B, C, H, W) -> float32 (B, C, H, W) in `memory_format`, standardised with the data
+    set's mean and std (the type and layout change in one copy, the arithmetic in place)."""
     mean, std = stats_on(preset, x.device)
-    return (x.float() - mean) / std
+    return x.to(dtype=torch.float32, memory_format=memory_format).sub_(mean).div_(std)
 
 
 @functools.lru_cache(maxsize=None)
@@ -292,19 +298,15 @@ def batches(data, part, batch_size, train, gen=None, cutout_size=0, workers=2,
     """Yield (x float32 (B, 3, S, S) normalised, y int64 (B,)) on data.device for one pass over
     `part` (data.train, data.val or data.test). train=True shuffles and augments with `gen`."""
     if isinstance(part, TensorSplit):
-        n = len(part)
-        order = torch.randperm(n, generator=gen, device=part.y.device) if train else None
-        for i in range(0, n, batch_size):
-            if train:
-                idx = order[i:i + batch_size]
-                x = crop_flip(part.x[idx], data.preset.pad, data.preset.flip, gen)
-                x = normalise(x, data.preset)
-                if cutout_size:
-                    x = cutout(x, cutout_size, gen)
-                y = part.y[idx]
-            else:
-                x, y = normalise(part.x[i:i + batch_size], data.preset), part.y[i:i + batch_size]
-            yield x.contiguous(memory_format=memory_format), y
+        xs, ys = part.x, part.y                                        # (N, 3, S, S), (N,)
+        if train:  # this epoch's order and augmentation, for all images at once
+            order = torch.randperm(len(part), generator=gen, device=ys.device)
+            xs, ys = crop_flip(xs[order], data.preset.pad, data.preset.flip, gen), ys[order]
+        for i in range(0, len(part), batch_size):
+            x = normalise(xs[i:i + batch_size], data.preset, memory_format)
+            if cutout_size:
+                x = cutout(x, cutout_size, gen)
+            yield x, ys[i:i + batch_size]
         return
     if cutout_size:
         raise ValueError("cutout is implemented for the small-image data sets only; use --cutout 0")

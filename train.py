@@ -39,9 +39,9 @@ GRAD_CLIP = 5.0       # maximum global gradient norm
 AUX_WEIGHT = 0.4      # weight of an auxiliary head's cross-entropy (the DARTS teacher has one)
 TAU, ALPHA = 4.0, 0.9  # the usual KD setting (paper Sec. 3.1) when no searched value is given
 # Flags a resumed run must share with its checkpoint; the others (device, workers, ...) may change.
-RESUME_KEYS = ("arch", "arch_options", "dataset", "split", "num_classes", "epochs", "batch_size",
-               "lr", "momentum", "weight_decay", "grad_clip", "aux_weight", "tau", "alpha", "seed",
-               "cutout", "amp")
+RESUME_KEYS = ("arch", "arch_options", "dataset", "split", "train_size", "num_classes", "epochs",
+               "batch_size", "lr", "momentum", "weight_decay", "grad_clip", "aux_weight", "tau",
+               "alpha", "seed", "cutout", "amp")
 
 
 class CheckpointError(ValueError):
@@ -151,7 +151,7 @@ def fit(model, data, epochs, teacher=None, tau=TAU, alpha=0.0, device="cpu", see
         teacher.to(device, memory_format=memory_format).eval()
     drop_path_max = getattr(model, "drop_path_prob", None)
     cfg = {**(config or {}), "dataset": data.name, "split": data.split,
-           "num_classes": data.num_classes, "image_size": data.image_size, "epochs": epochs,
+           "train_size": len(data.train), "num_classes": data.num_classes, "image_size": data.image_size, "epochs": epochs,
            "batch_size": batch_size, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
            "grad_clip": grad_clip, "aux_weight": aux_weight, "drop_path_prob": drop_path_max,
            "tau": tau, "alpha": alpha, "seed": seed, "amp": amp,
@@ -307,6 +307,9 @@ def build_model(args, data):
     if args.arch != "darts" and darts_flags:
         raise ValueError(f"--{'/--'.join(k.replace('_', '-') for k in darts_flags)} apply to "
                          f"--arch darts only; drop them")
+    if args.arch is not None and args.max_params is not None:
+        raise ValueError("--max-params limits a --theta student; a teacher's size is set by its "
+                         "architecture, so drop it")
     if args.theta is not None:
         import generator
         theta = read_theta(args.theta)

@@ -1,0 +1,396 @@
+"""Data sets for train.py: loading, the search/final splits, and augmentation (paper Sec. 4).
+
+Small images (CIFAR-10/100 at 32 px, the bundled UCI digits at 16 px) are held on the training
+device as one uint8 tensor and augmented there in whole batches with tensor ops (random crop with
+zero padding, horizontal flip, cutout): no per-sample Python and no DataLoader in the hot loop, as in
+KellerJordan/airbench. 224 px sets (MIT67, ImageNet) stream from disk through a DataLoader with
+workers and torchvision's usual transforms.
+
+Splits. "search": train on the training set minus a seeded hold-out, score on the hold-out (5,000
+images for CIFAR), as Alg. 1's f_KD(θ, b) needs; the test split is not read. "final": train on the
+whole training set, score on the test split (retrain.py, Table 1). (The released NAGO code scored
+search candidates on the test set; we do not.)
+
+On-disk layouts that --data-dir may hold:
+    cifar10/cifar100  torchvision's  <dir>/cifar-10-batches-py/ or <dir>/cifar-100-python/  (--download)
+                      or an image folder  <dir>/train/<class>/*.jpg, <dir>/test/<class>/*.jpg
+                      (decoded once with Pillow into a uint8 cache in --cache-dir)
+    digits            <dir>/digits.csv.gz (bundled in data/; see data/README.md)
+    mit67             <dir>/Images/<class>/*.jpg, <dir>/TrainImages.txt, <dir>/TestImages.txt
+    imagenet          <dir>/train/<wnid>/*.JPEG, <dir>/val/<wnid>/*.JPEG
+
+    python data.py --dataset digits                  # split sizes and a batch's shape, about 1 s
+    python data.py --dataset cifar10 --data-dir /tmp/cifar10-jpeg   # decodes and caches, about 20 s
+"""
+import argparse
+import functools
+import hashlib
+import os
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+REPO = Path(__file__).resolve().parent
+HOLDOUT_SEED = 0   # one fixed hold-out, so every candidate of a search is scored on the same images
+DIGITS_TEST = 400  # digits: a fixed, seeded 1,397 / 400 train / test split (the file has no split)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+
+
+@dataclass(frozen=True)
+class Preset:
+    image_size: int
+    num_classes: int
+    val_size: int      # search-mode hold-out taken from the training set
+    pad: int           # random crop with this much zero padding (small images)
+    flip: bool         # random horizontal flip
+    cutout: int        # cutout side in final runs (DARTS's retraining); search runs use none
+    mean: tuple
+    std: tuple
+
+
+CIFAR10_STATS = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+CIFAR100_STATS = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+IMAGENET_STATS = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+DIGITS_STATS = (0.3051,) * 3, (0.3186,) * 3  # of the 16 px training images (3 equal channels)
+# One row per data set. Digits: 2 px padding (4 px would shift a 16 px digit by a quarter) and no
+# flip (digits are not mirror-invariant). 224 px sets use RandomResizedCrop + flip in the loader.
+PRESETS = {
+    "cifar10": Preset(32, 10, 5000, 4, True, 16, *CIFAR10_STATS),
+    "cifar100": Preset(32, 100, 5000, 4, True, 16, *CIFAR100_STATS),
+    "digits": Preset(16, 10, 300, 2, False, 0, *DIGITS_STATS),
+    "mit67": Preset(224, 67, 536, 0, True, 0, *IMAGENET_STATS),
+    "imagenet": Preset(224, 1000, 10000, 0, True, 0, *IMAGENET_STATS),
+}
+DATASETS = tuple(PRESETS)
+
+
+@dataclass
+class TensorSplit:
+    """A whole split on the training device: x (N, 3, H, W) uint8, y (N,) int64."""
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self):
+        return len(self.y)
+
+
+@dataclass
+class Data:
+    """What load_data returns. train/val/test are TensorSplits (small images) or torch Datasets
+    (224 px); val is None in final mode, test is None in search mode."""
+    name: str
+    split: str
+    num_classes: int
+    image_size: int
+    preset: Preset
+    device: torch.device
+    train: object
+    val: object
+    test: object
+
+    @property
+    def eval(self):
+        """The split a run is scored on: the hold-out when searching, the test set when final."""
+        return self.val if self.split == "search" else self.test
+
+    def generator(self, seed):
+        """The random stream of augmentation and shuffling, on the device the batches are made on."""
+        on_device = isinstance(self.train, TensorSplit)
+        return torch.Generator(self.device if on_device else "cpu").manual_seed(seed)
+
+
+def default_data_dir(name):
+    return REPO / "data" if name == "digits" else REPO / "data" / name
+
+
+def load_data(name, data_dir=None, split="search", download=False, device="cpu", seed=HOLDOUT_SEED,
+              val_size=None, cache_dir=None):
+    """Load data set `name` for a "search" run (train minus a seeded hold-out of `val_size` images,
+    scored on the hold-out) or a "final" run (all of train, scored on test). Returns a Data."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    if split not in ("search", "final"):
+        raise ValueError(f"split must be 'search' or 'final', not {split!r}")
+    if download and name not in ("cifar10", "cifar100"):
+        raise ValueError(f"--download fetches CIFAR only; put {name} in its folder by hand (layouts "
+                         f"in data.py)")
+    preset = PRESETS[name]
+    root = Path(data_dir) if data_dir is not None else default_data_dir(name)
+    val_size = preset.val_size if val_size is None else val_size
+    device = torch.device(device)
+    read = large_image_set if preset.image_size > 64 else small_image_arrays
+    train = read(name, root, "train", download, cache_dir)
+    test = read(name, root, "test", download, cache_dir) if split == "final" else None  # not read when searching
+    n_train = len(train[1]) if isinstance(train, tuple) else len(train)
+    if split == "search" and not 0 < val_size < n_train:
+        raise ValueError(f"a hold-out of {val_size} images needs a training set larger than "
+                         f"{n_train} images; choose a smaller --val-size")
+    rest, val = np.arange(n_train), None
+    if split == "search":
+        perm = np.random.default_rng(seed).permutation(n_train)
+        rest, val = np.sort(perm[val_size:]), np.sort(perm[:val_size])
+    if isinstance(train, tuple):  # small images: (x uint8 (N, 3, H, W), y int64 (N,)) on the CPU
+        def put(x, y, idx=None):
+            if idx is not None:
+                x, y = x[idx], y[idx]
+            return TensorSplit(x.to(device), y.to(device))
+        parts = (put(*train, rest), put(*train, val) if val is not None else None,
+                 put(*test) if test is not None else None)
+    else:
+        tf_train, tf_eval = large_transforms(preset)
+        parts = (Transformed(train, rest, tf_train),
+                 Transformed(train, val, tf_eval) if val is not None else None,
+                 Transformed(test, np.arange(len(test)), tf_eval) if test is not None else None)
+    return Data(name, split, preset.num_classes, preset.image_size, preset, device, *parts)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Small images: read whole splits into uint8 tensors
+
+def small_image_arrays(name, root, part, download, cache_dir):
+    """Split `part` ("train" or "test") as (x uint8 (N, 3, H, W), y int64 (N,)) on the CPU."""
+    if (root / "train").is_dir():
+        return image_folder_arrays(root, part, PRESETS[name].image_size, cache_dir)
+    if name == "digits":
+        return digits_arrays(root / "digits.csv.gz", part)
+    return torchvision_cifar_arrays(name, root, part, download)
+
+
+def digits_arrays(path, part):
+    """The UCI digits (8x8, values 0..16) as 16x16 RGB uint8: bilinear upsampling (smoother strokes
+    than nearest), grey copied to 3 channels, and a fixed seeded 1,397 / 400 train / test split."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found; point --data-dir at the folder holding "
+                                f"digits.csv.gz (the repository's data/)")
+    rows = torch.from_numpy(np.loadtxt(path, delimiter=",", dtype=np.int64))  # (1797, 65)
+    perm = torch.from_numpy(np.random.default_rng(0).permutation(len(rows)))
+    idx = (perm[DIGITS_TEST:] if part == "train" else perm[:DIGITS_TEST]).sort().values
+    x = rows[idx, :64].float().view(-1, 1, 8, 8) * (255 / 16)                 # (N, 1, 8, 8)
+    x = F.interpolate(x, size=(16, 16), mode="bilinear", align_corners=False)  # (N, 1, 16, 16)
+    x = x.round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()  # (N, 3, 16, 16)
+    return x, rows[idx, 64]
+
+
+def torchvision_cifar_arrays(name, root, part, download):
+    """CIFAR's original pickled batches through torchvision's own class (which checks their MD5)."""
+    from torchvision import datasets
+    cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
+    if not download and not (root / cls.base_folder).is_dir():
+        raise FileNotFoundError(
+            f"no {name} data in {root}: expected torchvision's {root / cls.base_folder} (pass "
+            f"--download to fetch it) or an image folder {root}/train/<class>/*.jpg and "
+            f"{root}/test/<class>/*.jpg")
+    try:
+        ds = cls(str(root), train=part == "train", download=download)
+    except RuntimeError as e:  # torchvision's "Dataset not found or corrupted"
+        raise ValueError(f"{root / cls.base_folder} failed torchvision's check ({e}); delete it "
+                         f"and run again with --download") from None
+    x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) -> (N, 3, 32, 32)
+    return x, torch.tensor(ds.targets, dtype=torch.int64)
+
+
+def image_folder_arrays(root, part, image_size, cache_dir):
+    """<root>/<part>/<class>/<image> (part: train or test; classes from train/, sorted), decoded
+    once with Pillow and cached as uint8 arrays. The cache key covers the folder's path and every
+    file's name, class, size and mtime, so an edited folder is decoded again."""
+    if not (root / part).is_dir():
+        raise FileNotFoundError(f"{root}/train exists but {root}/{part} does not; an image folder "
+                                f"needs both train/<class>/ and test/<class>/")
+    classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
+    items = [(f, c) for c, cls in enumerate(classes) if (root / part / cls).is_dir()
+             for f in sorted((root / part / cls).iterdir()) if f.suffix.lower() in IMAGE_EXTENSIONS]
+    if not items:
+        raise FileNotFoundError(f"no images in {root / part}/<class>/")
+    key = hashlib.sha1(str(root.resolve()).encode())
+    for f, c in items:
+        st = f.stat()
+        key.update(f"{f.name}:{c}:{st.st_size}:{st.st_mtime_ns};".encode())
+    cache_dir = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "autokd"
+    cache = cache_dir / f"{root.name}-{part}-{image_size}px-{key.hexdigest()[:16]}.npz"
+    if cache.is_file():
+        with np.load(cache) as z:
+            return torch.from_numpy(z["x"]), torch.from_numpy(z["y"])
+    x = decode_images([f for f, _ in items], image_size)                # (N, 3, S, S)
+    y = np.array([c for _, c in items], dtype=np.int64)                # (N,)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".tmp", delete=False) as f:
+        np.savez(f, x=x, y=y)
+    os.chmod(f.name, 0o644)
+    os.replace(f.name, cache)
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def decode_images(paths, image_size):
+    """uint8 (N, 3, S, S); Pillow releases the GIL while decoding, so threads use every core."""
+    from PIL import Image
+
+    def read(path):
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            if im.size != (image_size, image_size):
+                im = im.resize((image_size, image_size), Image.BILINEAR)
+            return np.asarray(im)                                      # (S, S, 3)
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        x = np.stack(list(pool.map(read, paths, chunksize=256)))      # (N, S, S, 3)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))               # (N, 3, S, S)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Small images: batched augmentation on the device
+
+def crop_flip(x, pad, flip, gen):
+    """Random crop with `pad` px of zero padding and random horizontal flip of every image of x
+    (N, C, H, W) uint8, usually a whole epoch at once -> (N, C, H, W) uint8. A strided view holds
+    every crop of every image without copying; indexing it with each image's offsets copies the
+    chosen crops in one pass (no per-image Python, no per-pixel index arithmetic)."""
+    n, c, h, w = x.shape
+    dev = x.device
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=dev)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=dev)
+    padded = F.pad(x, (pad, pad, pad, pad))                            # (N, C, H+2p, W+2p)
+    sn, sc, sh, sw = padded.stride()
+    crops = padded.as_strided((n, 2 * pad + 1, 2 * pad + 1, c, h, w),
+                              (sn, sh, sw, sc, sh, sw))                # (N, 2p+1, 2p+1, C, H, W)
+    out = crops[torch.arange(n, device=dev), dy, dx]                   # (N, C, H, W)
+    if flip:
+        idx = (torch.rand(n, generator=gen, device=dev) < 0.5).nonzero().squeeze(1)
+        out[idx] = out[idx].flip(3)
+    return out
+
+
+def cutout(x, size, gen):
+    """DARTS's Cutout for a batch: zero a size x size square (clipped at the border) centred on a
+    uniform random pixel of each image. x (B, C, H, W) normalised float."""
+    b, _, h, w = x.shape
+    dev = x.device
+    cy = torch.randint(0, h, (b, 1), generator=gen, device=dev)
+    cx = torch.randint(0, w, (b, 1), generator=gen, device=dev)
+    ar_h, ar_w = torch.arange(h, device=dev), torch.arange(w, device=dev)
+    in_rows = (ar_h >= cy - size // 2) & (ar_h < cy + size // 2)      # (B, H)
+    in_cols = (ar_w >= cx - size // 2) & (ar_w < cx + size // 2)      # (B, W)
+    hole = in_rows[:, :, None] & in_cols[:, None, :]                  # (B, H, W)
+    return x.masked_fill(hole[:, None], 0.0)
+
+
+def normalise(x, preset, memory_format=torch.contiguous_format):
+    """uint8 (B, C, H, W) -> float32 (B, C, H, W) in `memory_format`, standardised with the data
+    set's mean and std (the type and layout change in one copy, the arithmetic in place)."""
+    mean, std = stats_on(preset, x.device)
+    return x.to(dtype=torch.float32, memory_format=memory_format).sub_(mean).div_(std)
+
+
+@functools.lru_cache(maxsize=None)
+def stats_on(preset, device):
+    """The preset's mean and std as (1, C, 1, 1) tensors on `device`, scaled to 0..255 pixels; made
+    once, not per batch (a host-to-device copy per batch would stall the GPU queue)."""
+    def to(values):
+        return torch.tensor(values, device=device).view(1, -1, 1, 1) * 255
+    return to(preset.mean), to(preset.std)
+
+
+def batches(data, part, batch_size, train, gen=None, cutout_size=0, workers=2,
+            memory_format=torch.contiguous_format):
+    """Yield (x float32 (B, 3, S, S) normalised, y int64 (B,)) on data.device for one pass over
+    `part` (data.train, data.val or data.test). train=True shuffles and augments with `gen`."""
+    if isinstance(part, TensorSplit):
+        xs, ys = part.x, part.y                                        # (N, 3, S, S), (N,)
+        if train:  # this epoch's order and augmentation, for all images at once
+            order = torch.randperm(len(part), generator=gen, device=ys.device)
+            xs, ys = crop_flip(xs[order], data.preset.pad, data.preset.flip, gen), ys[order]
+        for i in range(0, len(part), batch_size):
+            x = normalise(xs[i:i + batch_size], data.preset, memory_format)
+            if cutout_size:
+                x = cutout(x, cutout_size, gen)
+            yield x, ys[i:i + batch_size]
+        return
+    if cutout_size:
+        raise ValueError("cutout is implemented for the small-image data sets only; use --cutout 0")
+    loader = torch.utils.data.DataLoader(
+        part, batch_size=batch_size, shuffle=train, generator=gen, num_workers=workers,
+        pin_memory=data.device.type == "cuda", persistent_workers=False)
+    for x, y in loader:
+        yield (x.to(data.device, non_blocking=True, memory_format=memory_format),
+               y.to(data.device, non_blocking=True))
+
+
+# ----------------------------------------------------------------------------------------------------
+# 224 px images: ImageFolder + DataLoader
+
+class Transformed(torch.utils.data.Dataset):
+    """The samples `indices` of an ImageFolder, read with its loader and this split's transform
+    (so that the training part and the hold-out of one folder get different transforms)."""
+
+    def __init__(self, folder, indices, transform):
+        self.folder, self.indices, self.transform = folder, np.asarray(indices), transform
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, i):
+        path, y = self.folder.samples[self.indices[i]]
+        return self.transform(self.folder.loader(path)), y
+
+
+def large_transforms(preset):
+    from torchvision import transforms as T
+    norm = [T.ToTensor(), T.Normalize(preset.mean, preset.std)]
+    s = preset.image_size
+    train = T.Compose([T.RandomResizedCrop(s), T.RandomHorizontalFlip()] + norm)
+    test = T.Compose([T.Resize(round(s / 0.875)), T.CenterCrop(s)] + norm)
+    return train, test
+
+
+def large_image_set(name, root, part, download, cache_dir):
+    """The ImageFolder of split `part` ("train" or "test"). MIT67: one Images/ folder and the
+    official split files (lines like "kitchen/int474.jpg", relative to Images/); ImageNet: train/
+    and val/ folders. (download and cache_dir do not apply: these are read from disk every epoch.)"""
+    from torchvision.datasets import ImageFolder
+    if name == "imagenet":
+        if not ((root / "train").is_dir() and (root / "val").is_dir()):
+            raise FileNotFoundError(f"no imagenet data in {root}: expected {root}/train/<wnid>/*.JPEG "
+                                    f"and {root}/val/<wnid>/*.JPEG")
+        return ImageFolder(str(root / ("train" if part == "train" else "val")))
+    images = root / "Images"
+    split_file = root / ("TrainImages.txt" if part == "train" else "TestImages.txt")
+    if not (images.is_dir() and split_file.is_file()):
+        raise FileNotFoundError(f"no mit67 data in {root}: expected {images}/<class>/*.jpg with "
+                                f"TrainImages.txt and TestImages.txt beside it")
+    wanted = {line.strip() for line in split_file.read_text().splitlines() if line.strip()}
+    folder = ImageFolder(str(images),
+                         is_valid_file=lambda p: Path(p).relative_to(images).as_posix() in wanted)
+    if len(folder) != len(wanted):
+        raise FileNotFoundError(f"{split_file} lists {len(wanted)} images but {len(folder)} of them "
+                                f"are in {images}; the folder is incomplete")
+    return folder
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Load a data set once (warming the image-folder cache) "
+                                            "and print its splits.")
+    p.add_argument("--dataset", default="digits", choices=DATASETS, help="data set name")
+    p.add_argument("--data-dir", default=None, help="data folder (default: data/<dataset>, or data/ "
+                                                    "for digits)")
+    p.add_argument("--download", action="store_true", help="let torchvision download CIFAR")
+    p.add_argument("--split", default="search", choices=("search", "final"),
+                   help="search: train minus a hold-out, scored on it; final: train, scored on test")
+    p.add_argument("--cache-dir", default=None, help="where decoded image folders are cached "
+                                                     "(default ~/.cache/autokd)")
+    args = p.parse_args(argv)
+    try:
+        data = load_data(args.dataset, args.data_dir, args.split, args.download,
+                         cache_dir=args.cache_dir)
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"error: {e}")
+    x, y = next(batches(data, data.train, 8, train=True, gen=data.generator(0)))
+    sizes = {k: len(getattr(data, k)) for k in ("train", "val", "test") if getattr(data, k) is not None}
+    print(f"{data.name} ({data.split}): {sizes}, {data.num_classes} classes, "
+          f"batch x {tuple(x.shape)} {x.dtype}, y {tuple(y.shape)}")
+
+
+if __name__ == "__main__":
+    main()

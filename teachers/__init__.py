@@ -1,0 +1,66 @@
+"""Teachers for AutoKD (paper Sec. 4): DARTS_V2 for CIFAR-10/100, Inception-ResNet-V2 for MIT67 and ImageNet.
+
+    build(name, num_classes, **options)        a fresh network to train with train.py
+    load(path, dataset, num_classes, device)   a trained teacher from a train.py checkpoint, in eval mode
+
+A checkpoint describes itself (config["arch"], ["arch_options"], ["dataset"], ["num_classes"]), so a
+teacher trained for another data set or class count is refused instead of silently distilling noise.
+"""
+import torch
+
+from . import darts, inception_resnet_v2
+
+BUILDERS = {"darts": darts.build, "inception_resnet_v2": inception_resnet_v2.build}
+
+# The paper's teacher per data set (Sec. 4), used to name the fix in error messages.
+PAPER_TEACHER = {"mit67": "inception_resnet_v2", "imagenet": "inception_resnet_v2"}  # others: darts
+
+
+def build(name, num_classes, **options):
+    """A new teacher network. darts options: width=36, layers=20, auxiliary=True, drop_path_prob=0.2;
+    inception_resnet_v2 options: pretrained=False."""
+    if name not in BUILDERS:
+        raise ValueError(f"unknown teacher {name!r}: choose one of {', '.join(BUILDERS)}")
+    return BUILDERS[name](num_classes, **options)
+
+
+def _train_hint(dataset):
+    arch = PAPER_TEACHER.get(dataset, "darts")
+    return (f"train a teacher with "
+            f"`python train.py --arch {arch} --dataset {dataset} --split final --save ...`")
+
+
+def load(path, dataset, num_classes, device="cpu"):
+    """The teacher saved by train.py at `path`, on `device`, in eval mode.
+
+    Raises ValueError, in one sentence naming the fix, when the file is missing or unreadable, holds no
+    teacher, or was trained for another data set or number of classes than (dataset, num_classes)."""
+    try:
+        checkpoint = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"there is no teacher checkpoint at {path}: {_train_hint(dataset)}") from None
+    except Exception as error:
+        raise ValueError(f"{path} is not a readable train.py checkpoint ({type(error).__name__}): "
+                         f"{_train_hint(dataset)}") from None
+    config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    if not isinstance(config, dict) or "model" not in checkpoint:
+        raise ValueError(f"{path} is not a train.py checkpoint (it has no config or model): "
+                         f"{_train_hint(dataset)}")
+    arch = config.get("arch")
+    if arch not in BUILDERS:
+        raise ValueError(f"{path} holds a {arch!r} network, not a teacher ({', '.join(BUILDERS)}): "
+                         f"{_train_hint(dataset)}")
+    if (config.get("dataset"), config.get("num_classes")) != (dataset, num_classes):
+        raise ValueError(f"{path} was trained on {config.get('dataset')} ({config.get('num_classes')} "
+                         f"classes), not {dataset} ({num_classes} classes): {_train_hint(dataset)}")
+    options = dict(config.get("arch_options", {}))
+    options.pop("pretrained", None)  # the checkpoint has the weights: nothing to download
+    model = build(arch, num_classes, **options)
+    # A torch.compile'd model saves its weights under "_orig_mod."; the plain module takes them as is.
+    state = {k.removeprefix("_orig_mod."): v for k, v in checkpoint["model"].items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        raise ValueError(f"{path} holds weights that do not fit its own config (arch {arch!r}, options "
+                         f"{options}): the file was altered; {_train_hint(dataset)}") from None
+    return model.to(device).eval()

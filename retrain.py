@@ -19,6 +19,7 @@ their checkpoints.
 import argparse
 import concurrent.futures as cf
 import json
+import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -197,7 +198,8 @@ def parser():
     p.add_argument("--data-dir", default=None, help="data folder (default: the search's)")
     p.add_argument("--gpus", type=int, default=torch.cuda.device_count(),
                    help="worker processes, one per GPU (default: every GPU); 0 runs --workers workers on the CPU")
-    p.add_argument("--workers", type=int, default=1, help="CPU workers when --gpus 0")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="CPU workers when --gpus 0, sharing the cores")
     p.add_argument("--seed", type=int, default=0, help="student i uses architecture seed --seed + i")
     p.add_argument("--eval-every", type=int, default=10, help="score on the test set every N epochs and at the end")
     p.add_argument("--out", default=None, help="output folder (default: retrain-<dataset>[-nokd] beside the search)")

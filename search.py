@@ -48,12 +48,14 @@ SEARCH_PRESETS = {
     "mit67": dict(min_budget=30, max_budget=120, iterations=21, teacher="inception_resnet_v2"),
     "imagenet": dict(min_budget=30, max_budget=120, iterations=21, teacher="inception_resnet_v2"),
     # the offline quick start: one iteration of 4 @ 1 -> 2 @ 2 -> 1 @ 4 epochs, 3 @ 2 -> 1 @ 4, 3 @ 4,
-    # students limited to 0.5 M parameters so that a 2-core CPU trains them in seconds
-    "digits": dict(min_budget=1, max_budget=4, iterations=1, teacher="darts", max_params=5e5),
+    # students limited to 0.5 M parameters and batches of 32 (35 steps an epoch, at DARTS's 0.025 peak
+    # learning rate: --lr is given for batch 96 and scaled linearly), so a 2-core CPU takes seconds
+    "digits": dict(min_budget=1, max_budget=4, iterations=1, teacher="darts", max_params=5e5,
+                   batch_size=32, lr=0.075),
 }
 # The digits teacher the quick start trains when none is given (teachers/ README: above 95 % test
 # accuracy in under 3 minutes on a 2-core CPU).
-DIGITS_TEACHER = ["--arch", "darts", "--dataset", "digits", "--split", "final", "--width", "16",
+DIGITS_TEACHER = ["--arch", "darts", "--dataset", "digits", "--split", "final", "--width", "8",
                   "--layers", "5", "--epochs", "20", "--seed", "0"]
 # Settings a resumed search must share with the folder it continues.
 RESUME_KEYS = ("dataset", "data_dir", "no_kd", "teacher", "min_budget", "max_budget", "eta", "seed",
@@ -164,9 +166,10 @@ def resolve(args):
         raise ValueError(f"unknown data set {args.dataset!r}; choose one of {', '.join(SEARCH_PRESETS)}")
     preset = SEARCH_PRESETS[args.dataset]
     s = {"dataset": args.dataset, "data_dir": args.data_dir, "split": "search", "no_kd": args.no_kd, "eta": args.eta,
-         "seed": args.seed, "val_size": args.val_size, "batch_size": args.batch_size, "lr": args.lr}
-    for key in ("min_budget", "max_budget", "iterations"):
-        s[key] = getattr(args, key) if getattr(args, key) is not None else preset[key]
+         "seed": args.seed, "val_size": args.val_size}
+    defaults = {"batch_size": train.BATCH_SIZE, "lr": train.LR, **preset}
+    for key in ("min_budget", "max_budget", "iterations", "batch_size", "lr"):
+        s[key] = getattr(args, key) if getattr(args, key) is not None else defaults[key]
     image_size = DATA_PRESETS[args.dataset].image_size
     s["max_params"] = args.max_params or preset.get("max_params") or generator.default_max_params(image_size)
     largest = {name: high for name, (_, _, high) in generator.SPACE.items()}
@@ -295,7 +298,8 @@ def parser():
     p.add_argument("--no-kd", action="store_true", help="search θ alone with plain cross-entropy (vanilla NAGO)")
     p.add_argument("--gpus", type=int, default=torch.cuda.device_count(),
                    help="worker processes, one per GPU (default: every GPU); 0 runs --workers workers on the CPU")
-    p.add_argument("--workers", type=int, default=1, help="CPU workers when --gpus 0")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="CPU workers when --gpus 0, sharing the cores (one thread each on 2 cores)")
     p.add_argument("--out", default=None, help="output folder (default runs/search-<dataset>[-nokd]); "
                                                "an existing one is resumed")
     p.add_argument("--seed", type=int, default=0, help="seeds BOHB and every architecture sample")
@@ -307,8 +311,10 @@ def parser():
     p.add_argument("--max-params", type=float, default=None,
                    help="student parameter limit (default: 4.0e6 for 32 px, 6.0e6 for 224 px, paper Sec. 4)")
     p.add_argument("--val-size", type=int, default=None, help="hold-out images (default: 5,000 for CIFAR)")
-    p.add_argument("--batch-size", type=int, default=train.BATCH_SIZE, help="batch size")
-    p.add_argument("--lr", type=float, default=train.LR, help="peak learning rate at batch 96 (cosine over b)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch size (default: preset, 96)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="peak learning rate for batch 96, scaled linearly to --batch-size, cosine-decayed over "
+                        "the budget (default: preset, 0.025)")
     return p
 
 

@@ -19,6 +19,7 @@ their checkpoints.
 import argparse
 import concurrent.futures as cf
 import json
+import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -149,7 +150,7 @@ def run(args):
     teacher_row = json.loads((out / "teacher.json").read_text()) if (out / "teacher.json").is_file() else None
     if teacher_row is None and not no_kd:
         jobs.append((score_teacher, ()))
-    print(f"retraining {len(jobs)} of {settings['k']} students of {json.dumps(best['config'])} for "
+    print(f"retraining {sum(fn is train_student for fn, _ in jobs)} of {settings['k']} students of {json.dumps(best['config'])} for "
           f"{settings['epochs']} epochs {'without' if no_kd else 'with'} KD -> {out}")
     failures = []
 
@@ -195,9 +196,10 @@ def parser():
     p.add_argument("--no-kd", action="store_true", help="train the same architectures with cross-entropy only")
     p.add_argument("--teacher", default=None, help="teacher checkpoint (default: the one of the search)")
     p.add_argument("--data-dir", default=None, help="data folder (default: the search's)")
-    p.add_argument("--gpus", type=int, default=1 if torch.cuda.is_available() else 0,
-                   help="worker processes, one per GPU; 0 runs --workers workers on the CPU")
-    p.add_argument("--workers", type=int, default=1, help="CPU workers when --gpus 0")
+    p.add_argument("--gpus", type=int, default=torch.cuda.device_count(),
+                   help="worker processes, one per GPU (default: every GPU); 0 runs --workers workers on the CPU")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="CPU workers when --gpus 0, sharing the cores")
     p.add_argument("--seed", type=int, default=0, help="student i uses architecture seed --seed + i")
     p.add_argument("--eval-every", type=int, default=10, help="score on the test set every N epochs and at the end")
     p.add_argument("--out", default=None, help="output folder (default: retrain-<dataset>[-nokd] beside the search)")

@@ -26,7 +26,8 @@ def build(name, num_classes, **options):
 
 def _train_hint(dataset):
     arch = PAPER_TEACHER.get(dataset, "darts")
-    return f"train a teacher with `python train.py --arch {arch} --dataset {dataset} --save ...`"
+    return (f"train a teacher with "
+            f"`python train.py --arch {arch} --dataset {dataset} --split final --save ...`")
 
 
 def load(path, dataset, num_classes, device="cpu"):
@@ -43,17 +44,23 @@ def load(path, dataset, num_classes, device="cpu"):
                          f"{_train_hint(dataset)}") from None
     config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
     if not isinstance(config, dict) or "model" not in checkpoint:
-        raise ValueError(f"{path} is not a train.py checkpoint (it has no config or model): {_train_hint(dataset)}")
+        raise ValueError(f"{path} is not a train.py checkpoint (it has no config or model): "
+                         f"{_train_hint(dataset)}")
     arch = config.get("arch")
     if arch not in BUILDERS:
         raise ValueError(f"{path} holds a {arch!r} network, not a teacher ({', '.join(BUILDERS)}): "
                          f"{_train_hint(dataset)}")
     if (config.get("dataset"), config.get("num_classes")) != (dataset, num_classes):
-        raise ValueError(f"{path} was trained on {config.get('dataset')} ({config.get('num_classes')} classes), "
-                         f"not {dataset} ({num_classes} classes): {_train_hint(dataset)}")
+        raise ValueError(f"{path} was trained on {config.get('dataset')} ({config.get('num_classes')} "
+                         f"classes), not {dataset} ({num_classes} classes): {_train_hint(dataset)}")
     options = dict(config.get("arch_options", {}))
     options.pop("pretrained", None)  # the checkpoint has the weights: nothing to download
     model = build(arch, num_classes, **options)
-    # A torch.compile'd model saves its weights under "_orig_mod."; the plain module takes them as they are.
-    model.load_state_dict({k.removeprefix("_orig_mod."): v for k, v in checkpoint["model"].items()})
+    # A torch.compile'd model saves its weights under "_orig_mod."; the plain module takes them as is.
+    state = {k.removeprefix("_orig_mod."): v for k, v in checkpoint["model"].items()}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        raise ValueError(f"{path} holds weights that do not fit its own config (arch {arch!r}, options "
+                         f"{options}): the file was altered; {_train_hint(dataset)}") from None
     return model.to(device).eval()

@@ -130,7 +130,8 @@ class Cell(nn.Module):
     def __init__(self, genotype, c_prev_prev, c_prev, c, reduction, reduction_prev):
         super().__init__()
         kind = "reduce" if reduction else "normal"
-        self.preprocess0 = FactorizedReduce(c_prev_prev, c) if reduction_prev else ReLUConvBN(c_prev_prev, c, 1)
+        self.preprocess0 = (FactorizedReduce(c_prev_prev, c) if reduction_prev
+                            else ReLUConvBN(c_prev_prev, c, 1))
         self.preprocess1 = ReLUConvBN(c_prev, c, 1)
         self.inputs = [i for node in genotype[kind] for _, i in node]  # two per node, in node order
         self.ops = nn.ModuleList(

@@ -154,7 +154,8 @@ def write_checkpoint(path, model, dataset="digits", num_classes=10, arch="darts"
     config = {"arch": arch, "arch_options": SMALL if arch_options is None else arch_options,
               "dataset": dataset, "num_classes": num_classes, "image_size": 16, "epochs": 1}
     torch.save({"model": model.state_dict() if state is None else state, "optimizer": {}, "scheduler": {},
-                "scaler": None, "epoch": 1, "rng": {}, "versions": {"torch": str(torch.__version__), "autokd": None},
+                "scaler": None, "epoch": 1, "rng": {},
+                "versions": {"torch": str(torch.__version__), "autokd": None},
                 "config": config}, path)
 
 
@@ -214,13 +215,18 @@ def test_load_refuses_a_student_checkpoint(tmp_path, trained_teacher):
         teachers.load(path, "digits", 10)
 
 
-def test_load_refuses_missing_and_corrupt_files(tmp_path):
+def test_load_refuses_missing_corrupt_and_inconsistent_files(tmp_path):
     with pytest.raises(ValueError, match="there is no teacher checkpoint at .*missing.pt: train a teacher"):
         teachers.load(tmp_path / "missing.pt", "mit67", 67)
     corrupt = tmp_path / "corrupt.pt"
     corrupt.write_bytes(b"not a checkpoint at all")
     with pytest.raises(ValueError, match="is not a readable train.py checkpoint.*--arch inception_resnet_v2"):
         teachers.load(corrupt, "mit67", 67)
+    mismatched = tmp_path / "mismatched.pt"  # weights of a width-8 network, config says width 16
+    write_checkpoint(mismatched, teachers.build("darts", 10, **SMALL),
+                     arch_options={"width": 16, "layers": 5})
+    with pytest.raises(ValueError, match="holds weights that do not fit its own config"):
+        teachers.load(mismatched, "digits", 10)
     bare = tmp_path / "bare.pt"
     torch.save({"weights": {}}, bare)
     with pytest.raises(ValueError, match="is not a train.py checkpoint"):
@@ -246,3 +252,17 @@ def test_inception_resnet_v2_has_a_new_classifier():
     model.eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 224, 224)).shape == (1, 67)
+
+
+def test_teacher_trained_by_train_py_loads(tmp_path):
+    # The README's teacher command at toy size: train.py writes the checkpoint, teachers.load reads it.
+    train = pytest.importorskip("train")
+    path = tmp_path / "teacher.pt"
+    rc = train.main(["--arch", "darts", "--dataset", "digits", "--split", "final", "--width", "4",
+                     "--layers", "3", "--epochs", "1", "--batch-size", "256", "--save", str(path)])
+    assert rc == 0
+    teacher = teachers.load(path, "digits", 10)
+    assert not teacher.training and teacher.auxiliary_head is not None
+    assert [cell.preprocess1[1].out_channels for cell in teacher.cells] == [4, 8, 16]  # width 4, 3 cells
+    with pytest.raises(ValueError, match="trained on digits"):
+        teachers.load(path, "cifar10", 10)

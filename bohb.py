@@ -1,0 +1,470 @@
+"""BOHB from scratch: Hyperband's successive halving, with kernel density models proposing configs.
+
+The search strategy of AutoKD (paper Sec. 3.2 and Alg. 1), after Falkner, Klein and Hutter, "BOHB:
+Robust and Efficient Hyperparameter Optimization at Scale" (ICML 2018), in numpy and scipy only. It
+optimises any function of (config, budget); search.py gives it the NAGO + KD space and epochs as budget.
+
+    python bohb.py --demo     # toy multi-fidelity Branin on 4 threads: about 10 s on a laptop CPU
+    python bohb.py --plan --min-budget 30 --max-budget 120 --eta 2     # the bracket table only
+
+The demo prints each bracket's rungs as they fill, the incumbent whenever it improves, and then the
+median regret of BOHB, plain Hyperband and random search over 10 seeds at equal total budget.
+
+Read top to bottom: search space -> brackets (Alg. 1 lines 2-9) -> kernel density model (Falkner et
+al. Alg. 2) -> ask/tell -> the parallel driver and its log -> demo.
+
+The log (e.g. runs/x/results.jsonl) holds one JSON object per finished evaluation, appended, flushed
+and fsync'd before the next proposal; running again on the same log resumes the search:
+
+    {"iteration": 3, "bracket": 0, "rung": 1, "index": 2,  # Hyperband iteration, bracket in the plan
+                                                         # (s = s_max - bracket), rung, config index
+     "budget": 60.0, "config": {"top_nodes": 5, "top_p": 0.43, ...}, "origin": "model@120",
+                                 # origin: "random", "model@<budget of the model>" or "promoted"
+     "loss": 0.312,              # null when the evaluation raised or was not finite: read as +inf
+     "error": null,              # else the error text (the traceback)
+     "info": {"accuracy": ...},  # everything else the objective returned
+     "started": 1764098000.1, "finished": 1764098030.5}  # Unix times (started: null if it never ran)
+"""
+import argparse
+import concurrent.futures as cf
+import functools
+import json
+import math
+import os
+import time
+import traceback
+
+import numpy as np
+from scipy.special import logsumexp
+from scipy.stats import truncnorm
+
+
+# ------------------------------------------------------------------------------------------------
+# Search space: {"name": (int | float, low, high)} or (int | float, low, high, "log")
+
+class Space:
+    """A box of float and integer dimensions, each searched on [0, 1] (linearly or in log).
+
+    An integer dimension covers [low - 0.5, high + 0.5] and is rounded when decoded, so every integer
+    owns an equal share of the unit interval (ConfigSpace's convention, which hpbandster uses)."""
+
+    def __init__(self, space):
+        self.names, self.kinds, self.bounds, log = list(space), [], [], []
+        for name, spec in space.items():
+            shaped = isinstance(spec, (tuple, list)) and len(spec) in (3, 4) and spec[0] in (int, float)
+            if not (shaped and tuple(spec[3:]) in ((), ("log",)) and spec[1] < spec[2]
+                    and (spec[0] is float or isinstance(spec[1], int) and isinstance(spec[2], int))
+                    and (len(spec) == 3 or spec[1] > 0)):
+                raise ValueError(f"search space entry {name!r} = {spec!r} should be (int or float, low, high) "
+                                 "or (..., 'log'), with low < high, integer bounds for int, low > 0 for 'log'.")
+            self.kinds.append(spec[0])
+            self.bounds.append(tuple(spec[1:3]))
+            log.append(len(spec) == 4)
+        self.log = np.array(log)  # (d,)
+        ends = np.array([(lo - 0.5, hi + 0.5) if k is int else (lo, hi)
+                         for k, (lo, hi) in zip(self.kinds, self.bounds)], dtype=float)  # (d, 2)
+        ends[self.log] = np.log(ends[self.log])
+        self.start, self.width = ends[:, 0], ends[:, 1] - ends[:, 0]  # (d,), (d,)
+
+    def __len__(self):
+        return len(self.names)
+
+    def decode(self, x):
+        """A point of [0, 1]^d -> a config dict of Python ints and floats inside the bounds."""
+        values = self.start + np.asarray(x) * self.width  # (d,)
+        values[self.log] = np.exp(values[self.log])
+        return {name: kind(min(max(math.floor(v + 0.5) if kind is int else float(v), lo), hi))
+                for name, kind, (lo, hi), v in zip(self.names, self.kinds, self.bounds, values)}
+
+    def encode(self, config):
+        """A config dict -> its point of [0, 1]^d (an integer goes to the middle of its share)."""
+        values = np.array([float(config[name]) for name in self.names])  # (d,)
+        values[self.log] = np.log(values[self.log])
+        return (values - self.start) / self.width
+
+
+# ------------------------------------------------------------------------------------------------
+# Hyperband brackets and successive halving (Alg. 1 lines 2-9)
+
+def bracket_plan(min_budget, max_budget, eta):
+    """One Hyperband iteration: a list of brackets, each a list of rungs (n_configs, budget).
+
+    Alg. 1 line 2: s_max = floor(log_eta(b_max / b_min)). Line 3: one bracket for each s = s_max ... 0.
+    Line 4: it starts from n = ceil((s_max + 1) / (s + 1) * eta^s) configs, line 5: at budget
+    b_max * eta^-s (the extracted text lost the minus sign). Lines 8-9: rung i + 1 keeps floor(n_i / eta)
+    configs at eta times the budget. This is Li et al.'s ceil formula, as in the paper; hpbandster
+    floors instead ((s_max + 1) // (s + 1) * eta^s), e.g. 2 @ 60 rather than 3 @ 60 for eta = 2, 30 -> 120.
+    """
+    if not (isinstance(eta, int) and eta >= 2 and 0 < min_budget <= max_budget):
+        raise ValueError(f"need an integer eta >= 2 and 0 < min_budget <= max_budget, got eta={eta}, "
+                         f"budgets {min_budget} -> {max_budget}.")
+    s_max = 0  # counted with integer powers: log(243) / log(3) is 4.999... in floating point
+    while min_budget * eta ** (s_max + 1) <= max_budget * (1 + 1e-9):
+        s_max += 1
+    plan = []
+    for s in range(s_max, -1, -1):
+        n = -(-(s_max + 1) * eta**s // (s + 1))  # ceil in integers
+        plan.append([(n // eta**i, max_budget / eta ** (s - i)) for i in range(s + 1)])
+    return plan
+
+
+def plan_budget(plan):
+    """Total budget (e.g. epochs) of one Hyperband iteration of the plan."""
+    return sum(n * budget for bracket in plan for n, budget in bracket)
+
+
+class Bracket:
+    """One successive-halving run (Alg. 1 lines 4-9), rung by rung; a rung completes when all its
+    configs have a loss, and only then are the next rung's configs known."""
+
+    def __init__(self, iteration, number, rungs):
+        self.iteration, self.number, self.rungs = iteration, number, rungs
+        self.rung = 0
+        self.todo = list(range(rungs[0][0]))  # config indices not yet handed out at this rung
+        self.configs, self.losses = {}, {}    # index -> config; index -> loss at the current rung
+
+    @property
+    def done(self):
+        return self.rung == len(self.rungs)
+
+    def record(self, index, config, loss):
+        self.configs[index], self.losses[index] = config, loss
+        if len(self.losses) == self.rungs[self.rung][0]:
+            self.promote()
+
+    def promote(self):
+        """Alg. 1 line 8: the best floor(n_i / eta) go on to the next rung (ties: lower index first)."""
+        self.rung += 1
+        if not self.done:
+            ranked = sorted(self.losses, key=lambda index: (self.losses[index], index))
+            self.todo = ranked[:self.rungs[self.rung][0]]
+        self.losses = {}
+
+
+# ------------------------------------------------------------------------------------------------
+# The kernel density model (Falkner et al. Sec. 3.1 and Alg. 2)
+
+def normal_reference_bandwidth(points, min_bandwidth):
+    """Per-dimension bandwidth 1.06 * std * n^(-1 / (d + 4)) (the rule statsmodels' KDEMultivariate
+    applies for the reference implementation), clipped below at min_bandwidth: a column of equal good
+    values would otherwise give a zero-width kernel."""
+    n, d = points.shape
+    return np.maximum(1.06 * points.std(axis=0) * n ** (-1 / (d + 4)), min_bandwidth)  # (d,)
+
+
+def log_density(x, points, bandwidth):
+    """log of the Gaussian product-kernel density of points, at each row of x: (m, d) -> (m,)."""
+    z = (x[:, None, :] - points[None, :, :]) / bandwidth  # (m, n, d)
+    log_kernel = (-0.5 * z**2 - np.log(bandwidth) - 0.5 * math.log(2 * math.pi)).sum(axis=2)  # (m, n)
+    return logsumexp(log_kernel, axis=1) - math.log(len(points))  # (m,)
+
+
+def fit_densities(x, losses, top_n_percent, min_bandwidth):
+    """Split the observations at one budget into good (the best top_n_percent, at least d + 1) and bad
+    (the rest) and fit a density to each: [(good, bandwidth), (bad, bandwidth)], or None while the bad
+    set has d points or fewer (so a budget needs 2d + 2 results before it has a model)."""
+    n, d = x.shape
+    order = np.argsort(losses, kind="stable")
+    n_good = max(d + 1, top_n_percent * n // 100)
+    good, bad = x[order[:n_good]], x[order[n_good:]]  # (n_good, d), (n - n_good, d)
+    if len(bad) <= d:
+        return None
+    return [(points, normal_reference_bandwidth(points, min_bandwidth)) for points in (good, bad)]
+
+
+# ------------------------------------------------------------------------------------------------
+# The optimiser: ask for a job, tell its loss
+
+class BOHB:
+    """BOHB's ask/tell core and its parallel driver, run().
+
+    A job is a dict {"iteration", "bracket", "rung", "index", "budget", "config", "origin"}; tell() takes
+    it back with "loss" added (None or non-finite for a failure, recorded as +inf). The defaults of the
+    model are the reference implementation's; eta = 2 with budgets 30 -> 120 is the paper's setting."""
+
+    def __init__(self, space, min_budget, max_budget, eta=2, seed=0, *, top_n_percent=15, num_samples=64,
+                 random_fraction=1 / 3, bandwidth_factor=3.0, min_bandwidth=1e-3):
+        self.space = Space(space)
+        self.plan = bracket_plan(min_budget, max_budget, eta)
+        self.rng = np.random.default_rng(seed)
+        self.top_n_percent, self.num_samples, self.random_fraction = top_n_percent, num_samples, random_fraction
+        self.bandwidth_factor, self.min_bandwidth = bandwidth_factor, min_bandwidth
+        self.brackets = {}      # (iteration, bracket number) -> Bracket, started and unfinished, oldest first
+        self.started = 0        # brackets started, over all iterations
+        self.observations = {}  # budget -> ([point in [0, 1]^d], [loss])
+        self.history = []       # every told result, in order
+
+    def propose(self):
+        """Alg. 1 line 4, one config at a time, by Falkner et al. Alg. 2; returns (config, origin). Uniform at random while no budget has a
+        model, and with probability random_fraction; else draw num_samples candidates around good points
+        (truncated normals, bandwidth * bandwidth_factor) and keep the one maximising l(x) / g(x), using
+        the model of the largest budget that has one."""
+        budget, model = self.model()
+        if model is None or self.rng.random() < self.random_fraction:
+            return self.space.decode(self.rng.random(len(self.space))), "random"
+        (good, good_bandwidth), (bad, bad_bandwidth) = model
+        centres = good[self.rng.integers(len(good), size=self.num_samples)]  # (num_samples, d)
+        scale = self.bandwidth_factor * good_bandwidth  # (d,)
+        candidates = truncnorm.rvs(-centres / scale, (1 - centres) / scale, loc=centres, scale=scale,
+                                   random_state=self.rng)  # (num_samples, d)
+        floor = math.log(1e-32)  # the reference's max(1e-32, .) on both densities
+        score = (np.maximum(log_density(candidates, good, good_bandwidth), floor)
+                 - np.maximum(log_density(candidates, bad, bad_bandwidth), floor))  # (num_samples,)
+        return self.space.decode(candidates[np.argmax(score)]), f"model@{budget:g}"
+
+    def model(self):
+        """(budget, densities) of the largest budget with enough results, or (None, None)."""
+        for budget in sorted(self.observations, reverse=True):
+            points, losses = self.observations[budget]
+            densities = fit_densities(np.array(points), np.array(losses), self.top_n_percent, self.min_bandwidth)
+            if densities is not None:
+                return budget, densities
+        return None, None
+
+    def ask(self, n_iterations=None):
+        """The next job: from the oldest started bracket that has one, else from a new bracket (so no
+        worker idles while a bracket waits on its rung); None once n_iterations Hyperband iterations
+        (of len(plan) brackets each) have been started and all their jobs handed out."""
+        bracket = next((b for b in self.brackets.values() if b.todo), None)
+        if bracket is None:
+            if n_iterations is not None and self.started >= n_iterations * len(self.plan):
+                return None
+            iteration, number = divmod(self.started, len(self.plan))
+            bracket = self.brackets[iteration, number] = Bracket(iteration, number, self.plan[number])
+            self.started += 1
+        index = bracket.todo.pop(0)
+        config, origin = self.propose() if bracket.rung == 0 else (bracket.configs[index], "promoted")
+        return {"iteration": bracket.iteration, "bracket": bracket.number, "rung": bracket.rung,
+                "index": index, "budget": bracket.rungs[bracket.rung][1], "config": config, "origin": origin}
+
+    def tell(self, result):
+        """Record a finished job (a job dict with "loss"); returns the result with loss as a float."""
+        loss = result["loss"]
+        result = {**result, "loss": float(loss) if loss is not None and math.isfinite(loss) else math.inf}
+        bracket = self.brackets[result["iteration"], result["bracket"]]
+        assert result["rung"] == bracket.rung, "a result for a rung that is not running"
+        bracket.record(result["index"], result["config"], result["loss"])
+        if bracket.done:
+            del self.brackets[result["iteration"], result["bracket"]]
+        self.observe(result["config"], result["budget"], result["loss"])
+        self.history.append(result)
+        return result
+
+    def observe(self, config, budget, loss):
+        """Give the model one more point (tell() does this; call it alone to warm-start the model)."""
+        points, losses = self.observations.setdefault(budget, ([], []))
+        points.append(self.space.encode(config))  # the decoded config, as a resumed run sees it
+        losses.append(loss)
+
+    def incumbent(self):
+        """Alg. 1 line 12, theta*: the best result at the largest budget that has a finite loss (the
+        earliest on ties), or None. Interpretation: a config seen only at a smaller budget never wins,
+        as in hpbandster; the alternative, the lowest loss at any budget, favours biased short runs."""
+        finite = [r for r in self.history if math.isfinite(r["loss"])]
+        if not finite:
+            return None
+        top = max(r["budget"] for r in finite)
+        return min((r for r in finite if r["budget"] == top), key=lambda r: r["loss"])
+
+    # --------------------------------------------------------------------------------------------
+    # The driver: W evaluations in flight, every result logged, resumable
+
+    def run(self, objective, executor, n_iterations, log_path=None, on_result=None, n_workers=None):
+        """Run n_iterations Hyperband iterations (Alg. 1's loop over s, repeated) with n_workers
+        evaluations in flight on a concurrent.futures executor (default: its pool size); returns the
+        history. objective(config, budget, job) -> {"loss": float, ...} runs in the workers (a
+        module-level function for a process pool). on_result(record) is called after each new record is
+        logged. With an existing log_path the search resumes: logged jobs are told, not run again, and
+        with one worker the resumed search is the uninterrupted one. A failed future is logged as a
+        failure; a pool that refuses new work (a broken process pool) stops the run: run it again."""
+        logged = {job_key(r): r for r in read_log(log_path)} if log_path else {}
+        n_workers = n_workers or getattr(executor, "_max_workers", 1)  # both stdlib pools set it
+        running = {}  # future -> job, in submission order
+        log = open(log_path, "a") if log_path else None
+        try:
+            while True:
+                refusal = None  # set when the pool takes no more work (a broken process pool)
+                while refusal is None and len(running) < n_workers and (job := self.ask(n_iterations)) is not None:
+                    record = logged.pop(job_key(job), None)
+                    if record is None:
+                        try:
+                            running[executor.submit(evaluate, objective, job)] = job
+                        except RuntimeError as error:
+                            refusal = error
+                    elif record["budget"] != job["budget"] or set(record["config"]) != set(self.space.names):
+                        raise ValueError(f"{log_path} was written by a search with other budgets or another "
+                                         "space: resume with the same settings, or give a new log path.")
+                    else:
+                        self.tell(record)  # finished before the restart: the logged config is the truth
+                if not running and refusal is None:
+                    return self.history
+                # a refused pool: log every evaluation in flight (they fail with it) before stopping
+                done, _ = cf.wait(running, return_when=cf.ALL_COMPLETED if refusal else cf.FIRST_COMPLETED)
+                for future in [f for f in running if f in done]:
+                    job = running.pop(future)
+                    error = future.exception()  # the worker itself failed (evaluate never raises)
+                    record = future.result() if error is None else make_record(
+                        job, None, None, "".join(traceback.format_exception(error)), {})
+                    if log:
+                        log.write(json.dumps(record, default=to_json) + "\n")
+                        log.flush()
+                        os.fsync(log.fileno())
+                    self.tell(record)
+                    if on_result:
+                        on_result(record)
+                if refusal:
+                    raise refusal
+        finally:
+            if log:
+                log.close()
+
+
+def job_key(job):
+    return job["iteration"], job["bracket"], job["rung"], job["index"]
+
+
+def make_record(job, started, loss, error, info):
+    return {**job, "loss": loss, "error": error, "info": info, "started": started, "finished": time.time()}
+
+
+def to_json(value):
+    """json.dumps fallback for what an objective may return: numpy scalars and arrays, else text."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+def evaluate(objective, job):
+    """Alg. 1 line 7 for one config: run the objective in a worker and return the log record. It never
+    raises, so a failed
+    or non-finite evaluation becomes loss None (+inf) with its error text and the search goes on."""
+    started = time.time()
+    try:
+        info = dict(objective(job["config"], job["budget"], job))
+        loss = float(info.pop("loss"))
+        error = None if math.isfinite(loss) else f"the objective returned a non-finite loss ({loss})"
+    except Exception:
+        info, loss, error = {}, None, traceback.format_exc()
+    return make_record(job, started, loss if error is None else None, error, info)
+
+
+def read_log(path):
+    """The records of a results log ([] if there is none). A last line cut short by a kill mid-write is
+    removed from the file, so that the resumed run appends after whole lines and runs that job again."""
+    if not os.path.exists(path):
+        return []
+    with open(path, "rb+") as f:
+        data = f.read()
+        whole = data.rfind(b"\n") + 1
+        f.truncate(whole)
+    records = []
+    for number, line in enumerate(data[:whole].decode().splitlines(), 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            raise ValueError(f"{path} line {number} is not JSON: a results log is only ever appended to, "
+                             "so restore it or give a new log path.") from None
+    return records
+
+
+# ------------------------------------------------------------------------------------------------
+# Demo: a cheap multi-fidelity function, BOHB against plain Hyperband and random search
+
+BRANIN_SPACE = {"x1": (float, -5.0, 10.0), "x2": (float, 0.0, 15.0)}
+BRANIN_MIN = 0.397887
+
+
+def branin(config, budget, job=None, max_budget=120.0):
+    """Branin with the budget-dependent bias of Kandasamy et al. (ICML 2017): at fidelity z = budget /
+    max_budget < 1 the coefficients b, c and t drift, so low budgets rank configs well but not exactly.
+    Minimum BRANIN_MIN at the full budget."""
+    z = min(budget / max_budget, 1.0)
+    x1, x2 = config["x1"], config["x2"]
+    b = 5.1 / (4 * math.pi**2) - 0.01 * (1 - z)
+    c = 5 / math.pi - 0.1 * (1 - z)
+    t = 1 / (8 * math.pi) + 0.05 * (1 - z)
+    return {"loss": (x2 - b * x1**2 + c * x1 - 6) ** 2 + 10 * (1 - t) * math.cos(x1) + 10}
+
+
+def random_search(space, objective, total_budget, max_budget, seed=0):
+    """The baseline: uniform random configs, each at the full budget, until total_budget is spent."""
+    space, rng = Space(space), np.random.default_rng(seed)
+    configs = [space.decode(rng.random(len(space))) for _ in range(int(total_budget // max_budget))]
+    return [{"config": c, "budget": max_budget, "loss": objective(c, max_budget, None)["loss"]} for c in configs]
+
+
+def format_plan(plan):
+    s_max = len(plan) - 1
+    lines = [f"bracket {number} (s={s_max - number}): " + " -> ".join(f"{n} @ {b:g}" for n, b in rungs)
+             for number, rungs in enumerate(plan)]
+    evaluations = sum(n for rungs in plan for n, _ in rungs)
+    return "\n".join(lines + [f"one iteration: {evaluations} evaluations, total budget {plan_budget(plan):g}"])
+
+
+def demo(args):
+    optimiser = BOHB(BRANIN_SPACE, args.min_budget, args.max_budget, args.eta, args.seed)
+    print(format_plan(optimiser.plan))
+    filled, spent, best = {}, [0.0], [math.inf]
+
+    def slow_branin(config, budget, job):
+        time.sleep(budget * args.seconds_per_budget)  # unequal durations make the asynchrony visible
+        return objective(config, budget, job)
+
+    def show(record):
+        spent[0] += record["budget"]
+        key = record["iteration"], record["bracket"], record["rung"]
+        filled.setdefault(key, []).append(record["loss"])
+        n, budget = optimiser.plan[record["bracket"]][record["rung"]]
+        if len(filled[key]) == n:
+            print(f"iteration {key[0]} bracket {key[1]} rung {key[2]}: {n} @ {budget:g} done, "
+                  f"losses {' '.join(f'{loss:.2f}' for loss in sorted(filled[key]))}")
+        incumbent = optimiser.incumbent()
+        if incumbent and incumbent["budget"] == args.max_budget and incumbent["loss"] < best[0]:
+            best[0] = incumbent["loss"]
+            x = ", ".join(f"{name}={value:.3f}" for name, value in incumbent["config"].items())
+            print(f"    incumbent after budget {spent[0]:g}: regret {best[0] - BRANIN_MIN:.4f} at {x}")
+
+    objective = functools.partial(branin, max_budget=args.max_budget)
+    with cf.ThreadPoolExecutor(args.workers) as executor:
+        optimiser.run(slow_branin, executor, args.iterations, on_result=show)
+
+    total = args.iterations * plan_budget(optimiser.plan)
+    print(f"\nmedian final regret over 10 seeds, at total budget {total:g} each:")
+    regrets = {"BOHB": [], "Hyperband": [], "random search": []}
+    for seed in range(10):
+        for name, fraction in (("BOHB", 1 / 3), ("Hyperband", 1.0)):
+            runner = BOHB(BRANIN_SPACE, args.min_budget, args.max_budget, args.eta, seed, random_fraction=fraction)
+            while (job := runner.ask(args.iterations)) is not None:  # one at a time: nothing waits
+                runner.tell({**job, **objective(job["config"], job["budget"], job)})
+            regrets[name].append(runner.incumbent()["loss"] - BRANIN_MIN)
+        history = random_search(BRANIN_SPACE, objective, total, args.max_budget, seed)
+        regrets["random search"].append(min(r["loss"] for r in history) - BRANIN_MIN)
+    for name, values in regrets.items():
+        print(f"    {name:14s} {np.median(values):.5f}")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--demo", action="store_true", help="run BOHB on a toy multi-fidelity Branin")
+    action.add_argument("--plan", action="store_true", help="print the brackets of one Hyperband iteration")
+    parser.add_argument("--min-budget", type=float, default=30, help="smallest budget (paper: 30 epochs)")
+    parser.add_argument("--max-budget", type=float, default=120, help="largest budget (paper: 120 epochs)")
+    parser.add_argument("--eta", type=int, default=2, help="successive-halving rate (paper: 2)")
+    parser.add_argument("--iterations", type=int, default=21,
+                        help="demo: Hyperband iterations to run (paper: about 21, ~300 trainings)")
+    parser.add_argument("--workers", type=int, default=4, help="demo: evaluations in flight")
+    parser.add_argument("--seed", type=int, default=0, help="demo: seed of the optimiser")
+    parser.add_argument("--seconds-per-budget", type=float, default=1e-3,
+                        help="demo: sleep this long per unit of budget, to imitate training time")
+    args = parser.parse_args()
+    try:
+        plan = bracket_plan(args.min_budget, args.max_budget, args.eta)
+    except ValueError as error:
+        parser.error(str(error))
+    if args.plan:
+        print(format_plan(plan))
+    else:
+        demo(args)
+
+
+if __name__ == "__main__":
+    main()

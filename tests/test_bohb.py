@@ -1,0 +1,335 @@
+"""bohb.py against independent references: Alg. 1's bracket tables computed by hand (and Li et al.'s
+Table 1), brute-force promotion checks on the log, a KDE summed kernel by kernel with scipy.stats, and a
+run killed with SIGKILL and resumed against an uninterrupted one. CPU only, a few seconds."""
+import concurrent.futures as cf
+from concurrent.futures.process import BrokenProcessPool
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+import bohb  # noqa: E402
+
+SPACE = {"a": (float, 0.0, 1.0), "b": (int, 1, 8), "c": (float, 1e-3, 1.0, "log"), "d": (int, 1, 64, "log")}
+
+
+def bowl(config, budget, job=None):
+    """A smooth deterministic loss whose ranking shifts a little with the budget."""
+    return {"loss": (config["a"] - 0.3) ** 2 + (config["b"] - 5) ** 2 / 50
+            + math.log(config["c"] / 0.01) ** 2 / 20 + math.log2(config["d"] / 8) ** 2 / 40 + 1 / budget}
+
+
+def run_sequentially(optimiser, objective, n_iterations):
+    while (job := optimiser.ask(n_iterations)) is not None:
+        optimiser.tell({**job, **objective(job["config"], job["budget"], job)})
+    return optimiser.history
+
+
+# ------------------------------------------------------------------------------------------------
+# Brackets (Alg. 1 lines 2-9)
+
+@pytest.mark.parametrize("min_budget, max_budget, eta, table", [
+    # the paper's setting, by hand: s_max = 2; n = ceil(3/3*4) = 4, ceil(3/2*2) = 3, ceil(3/1*1) = 3
+    (30, 120, 2, [[(4, 30), (2, 60), (1, 120)], [(3, 60), (1, 120)], [(3, 120)]]),
+    # Li et al. (JMLR 2018) Table 1: R = 81, eta = 3
+    (1, 81, 3, [[(81, 1), (27, 3), (9, 9), (3, 27), (1, 81)], [(34, 3), (11, 9), (3, 27), (1, 81)],
+                [(15, 9), (5, 27), (1, 81)], [(8, 27), (2, 81)], [(5, 81)]]),
+    # s_max = 3: ceil(4/4*27) = 27, ceil(4/3*9) = 12, ceil(4/2*3) = 6, ceil(4/1*1) = 4
+    (1, 27, 3, [[(27, 1), (9, 3), (3, 9), (1, 27)], [(12, 3), (4, 9), (1, 27)], [(6, 9), (2, 27)], [(4, 27)]]),
+    # 120 / 30 = 4 is not a power of 3: s_max = floor(log_3 4) = 1, budgets 120 / 3 = 40 and 120
+    (30, 120, 3, [[(3, 40), (1, 120)], [(2, 120)]]),
+    # a range that is not a power of eta: s_max = floor(log_2 3.33) = 1
+    (30, 100, 2, [[(2, 50), (1, 100)], [(2, 100)]]),
+    (5, 5, 2, [[(1, 5)]]),
+])
+def test_bracket_plan_matches_alg1(min_budget, max_budget, eta, table):
+    plan = bohb.bracket_plan(min_budget, max_budget, eta)
+    assert [[(n, pytest.approx(b)) for n, b in bracket] for bracket in plan] == table
+    assert all(isinstance(n, int) for bracket in plan for n, _ in bracket)
+
+
+def test_bracket_plan_counts_s_max_exactly():
+    # log(243) / log(3) = 4.999... in floating point, yet 243 = 3^5: six brackets, the first from budget 1
+    plan = bohb.bracket_plan(1, 243, 3)
+    assert len(plan) == 6 and plan[0][0] == (243, 1.0) and plan[0][-1] == (1, 243.0)
+
+
+@pytest.mark.parametrize("eta, low, high", [(1, 30, 120), (2.5, 30, 120), (2, 0, 120), (2, 120, 30)])
+def test_bracket_plan_refuses_bad_settings(eta, low, high):
+    with pytest.raises(ValueError):
+        bohb.bracket_plan(low, high, eta)
+
+
+def test_promotion_keeps_exactly_the_best():
+    bracket = bohb.Bracket(0, 0, [(6, 1), (3, 3), (1, 9)])
+    for index, loss in enumerate([0.5, 0.1, math.inf, 0.1, 0.7, 0.2]):
+        bracket.record(index, {"i": index}, loss)
+    assert bracket.todo == [1, 3, 5]  # the three lowest losses, a tie taken in index order
+    for index, loss in zip([1, 3, 5], [0.3, 0.3, 0.2]):
+        bracket.record(index, {"i": index}, loss)
+    assert bracket.todo == [5]
+
+
+def test_driver_promotes_the_best_of_each_rung_in_the_log(tmp_path):
+    log = tmp_path / "results.jsonl"
+    optimiser = bohb.BOHB(SPACE, 1, 9, eta=3, seed=1)
+    with cf.ThreadPoolExecutor(3) as executor:
+        optimiser.run(bowl, executor, 2, log_path=str(log))
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    rungs = {}
+    for r in records:
+        rungs.setdefault((r["iteration"], r["bracket"], r["rung"]), {})[r["index"]] = r
+    for (iteration, number, rung), members in rungs.items():
+        assert len(members) == optimiser.plan[number][rung][0]
+        if rung > 0:  # brute force: rank the rung below by loss and take as many as this rung holds
+            below = rungs[iteration, number, rung - 1]
+            best = sorted(below, key=lambda i: (below[i]["loss"], i))[:len(members)]
+            assert sorted(members) == sorted(best)
+            assert all(members[i]["config"] == below[i]["config"] for i in members)
+    assert len(records) == 2 * sum(n for bracket in optimiser.plan for n, _ in bracket)
+
+
+def test_a_waiting_bracket_lets_the_next_one_start_and_resumes_first():
+    optimiser = bohb.BOHB(SPACE, 1, 9, eta=3, seed=0)  # brackets 9 @ 1 -> 3 @ 3 -> 1 @ 9; 5 @ 3 -> ...
+    first_rung = [optimiser.ask(1) for _ in range(9)]
+    waiting = optimiser.ask(1)  # rung 0 of bracket 0 is all in flight: bracket 1 starts
+    assert (waiting["bracket"], waiting["rung"], waiting["budget"]) == (1, 0, 3.0)
+    for job in first_rung:
+        optimiser.tell({**job, **bowl(job["config"], job["budget"])})
+    promoted = optimiser.ask(1)  # the oldest bracket with work goes first
+    assert (promoted["bracket"], promoted["rung"], promoted["origin"]) == (0, 1, "promoted")
+    rest = [optimiser.ask(1) for _ in range(2 + 4 + 3)]  # bracket 0 rung 1, bracket 1 rung 0, bracket 2
+    assert [j["bracket"] for j in rest] == [0, 0, 1, 1, 1, 1, 2, 2, 2] and optimiser.ask(1) is None
+
+
+def test_the_driver_keeps_every_worker_busy():
+    lock, running, most = threading.Lock(), [0], [0]
+
+    def slow(config, budget, job):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.01)
+        with lock:
+            running[0] -= 1
+        return bowl(config, budget)
+
+    with cf.ThreadPoolExecutor(4) as executor:
+        history = bohb.BOHB(SPACE, 1, 9, eta=3, seed=0).run(slow, executor, 1)
+    assert most[0] == 4 and len(history) == 22
+
+
+# ------------------------------------------------------------------------------------------------
+# Space and model
+
+def test_proposals_stay_in_bounds_and_integers_are_integral():
+    optimiser = bohb.BOHB(SPACE, 1, 9, eta=3, seed=0, random_fraction=0.0)
+    rng = np.random.default_rng(5)
+    for x in rng.random((40, 4)):
+        config = optimiser.space.decode(x)
+        optimiser.observe(config, 9.0, bowl(config, 9)["loss"])
+    proposals = [optimiser.propose() for _ in range(200)]
+    assert {origin for _, origin in proposals} == {"model@9"}
+    for config, _ in proposals + [(optimiser.space.decode(x), "random") for x in ([0.0] * 4, [1.0] * 4)]:
+        for name, (kind, low, high, *_) in SPACE.items():
+            assert type(config[name]) is kind and low <= config[name] <= high
+
+
+@pytest.mark.parametrize("spec", [(int, 1.5, 3), (float, 0.0, 1.0, "lin"), (float, 0.0, 1.0, "log"),
+                                  (str, 0, 1), (float, 1.0), (int, 3, 3), 5])
+def test_a_malformed_space_is_refused_in_one_sentence(spec):
+    with pytest.raises(ValueError, match="should be"):
+        bohb.Space({"a": spec})
+
+
+def test_integers_get_equal_shares_and_survive_a_round_trip():
+    space = bohb.Space({"n": (int, 3, 10), "k": (int, 2, 5)})
+    draws = [space.decode(x) for x in np.random.default_rng(0).random((8000, 2))]
+    counts = np.bincount([d["n"] for d in draws], minlength=11)[3:]
+    assert counts.min() > 0.8 * 8000 / 8 and counts.max() < 1.2 * 8000 / 8
+    for config in draws[:50]:
+        assert space.decode(space.encode(config)) == config
+
+
+def test_log_density_matches_a_kernel_by_kernel_sum():
+    rng = np.random.default_rng(0)
+    points, x, bandwidth = rng.random((7, 3)), rng.random((5, 3)), np.array([0.1, 0.2, 0.05])
+    reference = [np.mean([np.prod(norm.pdf(xi, loc=p, scale=bandwidth)) for p in points]) for xi in x]
+    assert np.allclose(np.exp(bohb.log_density(x, points, bandwidth)), reference)
+
+
+def test_good_and_bad_sets_follow_the_reference_rules():
+    x = np.random.default_rng(0).random((20, 3))
+    assert bohb.fit_densities(x[:7], np.arange(7.0), 15, 1e-3) is None  # bad set of 3 = d points: no model
+    (good, good_bw), (bad, _) = bohb.fit_densities(x, np.arange(20.0)[::-1], 15, 1e-3)
+    assert np.array_equal(good, x[::-1][:4]) and len(bad) == 16  # d + 1 = 4 > 15 % of 20 = 3 lowest losses
+    assert np.allclose(good_bw, 1.06 * good.std(axis=0) * 4 ** (-1 / 7))
+    constant = np.zeros((8, 2))
+    assert np.all(bohb.normal_reference_bandwidth(constant, 1e-3) == 1e-3)
+
+
+def test_model_based_proposals_beat_random_ones():
+    space = {f"x{i}": (float, 0.0, 1.0) for i in range(4)}
+
+    def sphere(config):
+        return sum((v - 0.3) ** 2 for v in config.values())
+
+    model, uniform = (bohb.BOHB(space, 1, 1, seed=0, random_fraction=f) for f in (0.0, 1.0))
+    for x in np.random.default_rng(1).random((60, 4)):
+        for optimiser in (model, uniform):
+            config = optimiser.space.decode(x)
+            optimiser.observe(config, 1.0, sphere(config))
+    model_losses = [sphere(model.propose()[0]) for _ in range(40)]
+    random_losses = [sphere(uniform.propose()[0]) for _ in range(40)]
+    assert np.mean(model_losses) < 0.5 * np.mean(random_losses)
+
+
+def test_same_seed_same_search_other_seed_other_search():
+    def configs(seed):
+        return [r["config"] for r in run_sequentially(bohb.BOHB(SPACE, 1, 9, eta=3, seed=seed), bowl, 3)]
+    first = configs(0)
+    assert first == configs(0) and first != configs(1)
+    assert len(first) == 3 * 22
+
+
+# ------------------------------------------------------------------------------------------------
+# Driver: failures, log, resume
+
+def flaky(config, budget, job):
+    if config["a"] > 0.7:
+        raise RuntimeError("out of memory (simulated)")
+    if config["a"] < 0.2:
+        return {"loss": float("nan")}
+    return bowl(config, budget)
+
+
+class DeadWorkerExecutor(cf.ThreadPoolExecutor):
+    """Every fifth future fails the way a killed worker process's future does."""
+
+    def __init__(self):
+        super().__init__(2)
+        self.count = 0
+
+    def submit(self, fn, *args):
+        self.count += 1
+        if self.count % 5:
+            return super().submit(fn, *args)
+        future = cf.Future()
+        future.set_exception(BrokenProcessPool("a worker died"))
+        return future
+
+
+def test_failures_are_logged_as_inf_and_the_search_goes_on(tmp_path):
+    log = tmp_path / "results.jsonl"
+    optimiser = bohb.BOHB(SPACE, 1, 9, eta=3, seed=0)
+    with DeadWorkerExecutor() as executor:
+        history = optimiser.run(flaky, executor, 2, log_path=str(log))
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(records) == len(history) == 2 * 22
+    errors = [r["error"] for r in records if r["loss"] is None]
+    assert any("out of memory" in e for e in errors) and any("non-finite" in e for e in errors)
+    assert any("a worker died" in e for e in errors)
+    assert all(r["error"] is None for r in records if r["loss"] is not None)
+    assert all(math.isinf(h["loss"]) for h in history if h["error"])
+    assert math.isfinite(optimiser.incumbent()["loss"])
+
+
+def dies_once(config, budget, job):
+    if bohb.job_key(job) == (0, 0, 0, 3):
+        os._exit(1)  # the worker process dies, as it would on a segfault or an out-of-memory kill
+    return bowl(config, budget)
+
+
+def test_a_dead_worker_process_is_logged_and_the_run_resumes(tmp_path):
+    log = tmp_path / "results.jsonl"
+    with pytest.raises(BrokenProcessPool), cf.ProcessPoolExecutor(2) as executor:
+        bohb.BOHB(SPACE, 1, 9, eta=3, seed=0).run(dies_once, executor, 1, log_path=str(log))
+    failed = [r for r in read_lines(log) if bohb.job_key(r) == (0, 0, 0, 3)]
+    assert failed[0]["loss"] is None and "terminated abruptly" in failed[0]["error"]
+    with cf.ProcessPoolExecutor(2) as executor:
+        history = bohb.BOHB(SPACE, 1, 9, eta=3, seed=0).run(dies_once, executor, 1, log_path=str(log))
+    keys = [bohb.job_key(r) for r in read_lines(log)]
+    assert len(history) == len(keys) == len(set(keys)) == 22  # the dead job was not run again
+
+
+def test_incumbent_is_the_best_at_the_largest_budget_earliest_on_ties():
+    optimiser = bohb.BOHB({"a": (float, 0.0, 1.0)}, 1, 3, eta=3, seed=0)
+    optimiser.history = [{"budget": 1.0, "loss": 0.0, "n": 0}, {"budget": 3.0, "loss": 0.5, "n": 1},
+                         {"budget": 3.0, "loss": 0.5, "n": 2}, {"budget": 3.0, "loss": math.inf, "n": 3}]
+    assert optimiser.incumbent()["n"] == 1
+
+
+SCRIPT = """
+import concurrent.futures as cf, sys, time
+sys.path.insert(0, {repo!r}); sys.path.insert(0, {tests!r})
+import bohb, test_bohb
+def objective(config, budget, job):
+    time.sleep(float(sys.argv[3]))
+    return test_bohb.bowl(config, budget)
+optimiser = bohb.BOHB(test_bohb.SPACE, 1, 9, eta=3, seed=0)
+with cf.ThreadPoolExecutor(int(sys.argv[2])) as executor:
+    optimiser.run(objective, executor, 3, log_path=sys.argv[1])
+"""
+
+
+def read_lines(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_a_killed_run_resumes_without_repeating_or_losing_work(tmp_path, workers):
+    script = tmp_path / "search.py"
+    script.write_text(SCRIPT.format(repo=str(REPO), tests=str(Path(__file__).parent)))
+    straight, killed = tmp_path / "straight.jsonl", tmp_path / "killed.jsonl"
+    subprocess.run([sys.executable, script, straight, str(workers), "0"], check=True)
+
+    process = subprocess.Popen([sys.executable, script, killed, str(workers), "0.03"])
+    deadline = time.time() + 30
+    while (not killed.exists() or len(killed.read_text().splitlines()) < 25) and time.time() < deadline:
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    before = read_lines(killed)
+    assert 25 <= len(before) < 66
+    subprocess.run([sys.executable, script, killed, str(workers), "0"], check=True)
+    after = read_lines(killed)
+
+    keys = [bohb.job_key(r) for r in after]
+    assert after[:len(before)] == before  # nothing finished was lost
+    assert len(set(keys)) == len(keys) == 66  # nor run twice, and the search is complete
+    if workers == 1:  # one worker: the resumed search is the uninterrupted one
+        assert [(bohb.job_key(r), r["config"], r["loss"]) for r in after] == \
+               [(bohb.job_key(r), r["config"], r["loss"]) for r in read_lines(straight)]
+
+
+def test_a_line_torn_by_a_kill_is_dropped_and_rerun(tmp_path):
+    log = tmp_path / "results.jsonl"
+    with cf.ThreadPoolExecutor(1) as executor:
+        bohb.BOHB(SPACE, 1, 9, eta=3, seed=0).run(bowl, executor, 1, log_path=str(log))
+    whole = log.read_text().splitlines()
+    log.write_text("\n".join(whole[:10]) + "\n" + whole[10][:30])
+    with cf.ThreadPoolExecutor(1) as executor:
+        bohb.BOHB(SPACE, 1, 9, eta=3, seed=0).run(bowl, executor, 1, log_path=str(log))
+    after = log.read_text().splitlines()
+    assert after[:10] == whole[:10]
+    assert [(bohb.job_key(r), r["config"]) for r in map(json.loads, after)] == \
+           [(bohb.job_key(r), r["config"]) for r in map(json.loads, whole)]
+
+
+def test_a_log_from_other_budgets_is_refused(tmp_path):
+    log = tmp_path / "results.jsonl"
+    with cf.ThreadPoolExecutor(1) as executor:
+        bohb.BOHB(SPACE, 1, 9, eta=3, seed=0).run(bowl, executor, 1, log_path=str(log))
+        with pytest.raises(ValueError, match="other budgets"):
+            bohb.BOHB(SPACE, 2, 18, eta=3, seed=0).run(bowl, executor, 1, log_path=str(log))

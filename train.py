@@ -3,8 +3,9 @@ sample a student from G(θ), train it b epochs with L_KD of Eq. 1-2, return vali
 600-epoch retraining of the found students (Sec. 4, Table 1), and the teachers' own training.
 
     python train.py --theta theta.json --seed 0 --dataset cifar10 --epochs 30 --teacher teacher.pt
-    python train.py --arch darts --dataset cifar10 --epochs 600 --save teacher.pt
-    python train.py --theta theta.json --dataset digits --epochs 3    # offline demo, ~1 min on 2 cores
+    python train.py --arch darts --dataset cifar10 --split final --epochs 600 --save teacher.pt
+    python train.py --arch darts --dataset digits --split final --width 8 --layers 5 --epochs 20 \
+        --save runs/teacher_digits.pt                       # offline: the digits teacher, ~25 s on 2 cores
 
 Prints one line per epoch (loss, train and validation accuracy, images/s, elapsed, ETA) and then one
 JSON summary line. One loop serves students and teachers: DARTS's protocol (SGD momentum 0.9, lr

@@ -72,7 +72,8 @@ DATASETS = tuple(PRESETS)
 
 @dataclass
 class TensorSplit:
-    """A whole split on the training device: x (N, 3, H, W) uint8, y (N,) int64."""
+    """A whole split on the training device: x (N, 3, H, W) uint8, y (N,) int64. Training splits
+    also keep their padded (and mirrored) copies, about 3x x's memory (430 MB for CIFAR)."""
     x: torch.Tensor
     y: torch.Tensor
     padded: dict = field(default_factory=dict, repr=False, compare=False)  # (pad, flip) -> views
@@ -133,7 +134,8 @@ def load_data(name, data_dir=None, split="search", download=False, device="cpu",
     device = torch.device(device)
     read = large_image_set if preset.image_size > 64 else small_image_arrays
     train = read(name, root, "train", download, cache_dir)
-    test = read(name, root, "test", download, cache_dir) if split == "final" else None  # not read when searching
+    # The test split is not even read when searching.
+    test = read(name, root, "test", download, cache_dir) if split == "final" else None
     n_train = len(train[1]) if isinstance(train, tuple) else len(train)
     if split == "search" and not 0 < val_size < n_train:
         raise ValueError(f"a hold-out of {val_size} images needs a training set larger than "

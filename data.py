@@ -4,8 +4,9 @@ Small images (CIFAR-10/100 at 32 px, the bundled UCI digits at 16 px) are held o
 device as one uint8 tensor and augmented there with tensor ops: random crop with zero padding and
 horizontal flip for a whole epoch at once, normalisation and cutout per batch. No per-sample Python
 and no DataLoader in the hot loop, as in KellerJordan/airbench; on the 2-core CPU this runs at
-about 380,000 images/s against 16,000 for torchvision's DataLoader with 2 workers (bench/). 224 px sets (MIT67, ImageNet) stream from disk through a DataLoader with
-workers and torchvision's usual transforms.
+about 380,000 images/s against 16,000 for torchvision's DataLoader with 2 workers (bench/). 224 px
+sets (MIT67, ImageNet) stream from disk through a DataLoader with workers and torchvision's usual
+transforms.
 
 Splits. "search": train on the training set minus a seeded hold-out, score on the hold-out (5,000
 images for CIFAR), as Alg. 1's f_KD(θ, b) needs; the test split is not read. "final": train on the

@@ -189,10 +189,11 @@ def fit(model, data, epochs, teacher=None, tau=TAU, alpha=0.0, device="cpu", see
     drop_path_max = getattr(model, "drop_path_prob", None)
     cfg = {**(config or {}), "dataset": data.name, "split": data.split,
            "train_size": len(data.train), "num_classes": data.num_classes,
-           "image_size": data.image_size, "epochs": epochs, "batch_size": batch_size, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
-           "grad_clip": grad_clip, "aux_weight": aux_weight, "drop_path_prob": drop_path_max,
-           "tau": tau, "alpha": alpha, "seed": seed, "amp": amp,
-           "channels_last": channels_last, "cutout": cutout, "device": str(device)}
+           "image_size": data.image_size, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+           "momentum": momentum, "weight_decay": weight_decay, "grad_clip": grad_clip,
+           "aux_weight": aux_weight, "drop_path_prob": drop_path_max, "tau": tau, "alpha": alpha,
+           "seed": seed, "amp": amp, "channels_last": channels_last, "cutout": cutout,
+           "device": str(device)}
     optimizer = torch.optim.SGD(model.parameters(), lr=lr * batch_size / BATCH_SIZE,
                                 momentum=momentum, weight_decay=weight_decay, nesterov=False)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=0.0)

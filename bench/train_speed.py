@@ -157,8 +157,8 @@ def main(argv=None):
         modes.append(("bf16 autocast", "bf16", False))
     t_params = sum(p.numel() for p in teacher.parameters())
     print(f"\ntraining (train.fit, {torch.get_num_threads()} torch threads), batch {args.batch_size}, "
-          f"{n} images per epoch, second epoch timed; teacher DARTS C={args.teacher_width}, {args.teacher_layers} cells, "
-          f"{t_params / 1e6:.2f} M params")
+          f"{n} images per epoch, second epoch timed; teacher DARTS C={args.teacher_width}, "
+          f"{args.teacher_layers} cells, {t_params / 1e6:.2f} M params")
     for label, amp, cl in modes:
         ce = kd = 0.0
         for _ in range(args.repeats):  # alternated, fastest kept: a busy machine slows either

@@ -322,6 +322,8 @@ def build_model(args, data):
     if args.arch != "darts" and darts_flags:
         raise ValueError(f"--{'/--'.join(k.replace('_', '-') for k in darts_flags)} apply to "
                          f"--arch darts only; drop them")
+    if args.pretrained and args.arch != "inception_resnet_v2":
+        raise ValueError("--pretrained applies to --arch inception_resnet_v2 only; drop it")
     if args.arch is not None and args.max_params is not None:
         raise ValueError("--max-params limits a --theta student; a teacher's size is set by its "
                          "architecture, so drop it")
@@ -332,8 +334,9 @@ def build_model(args, data):
                                 data.image_size, data.num_classes, args.max_params)
         return generator.build(arch), {"arch": "nago", "arch_options": {"arch": arch}}, theta
     import teachers
-    return (teachers.build(args.arch, data.num_classes, **darts_flags),
-            {"arch": args.arch, "arch_options": darts_flags}, {})
+    options = {"pretrained": True} if args.pretrained else darts_flags
+    return (teachers.build(args.arch, data.num_classes, **options),
+            {"arch": args.arch, "arch_options": options}, {})
 
 
 def parser():
@@ -370,6 +373,8 @@ def parser():
     p.add_argument("--drop-path-prob", type=float, default=None,
                    help="darts: final drop-path probability, ramped from 0 (default 0.2)")
     p.add_argument("--no-auxiliary", action="store_true", help="darts: no auxiliary head")
+    p.add_argument("--pretrained", action="store_true",
+                   help="inception_resnet_v2: start from timm's ImageNet weights (needs their download)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="batch size")
     p.add_argument("--lr", type=float, default=LR,
                    help=f"peak learning rate at batch {BATCH_SIZE}, scaled linearly with "

@@ -333,3 +333,15 @@ def test_a_log_from_other_budgets_is_refused(tmp_path):
         bohb.BOHB(SPACE, 1, 9, eta=3, seed=0).run(bowl, executor, 1, log_path=str(log))
         with pytest.raises(ValueError, match="other budgets"):
             bohb.BOHB(SPACE, 2, 18, eta=3, seed=0).run(bowl, executor, 1, log_path=str(log))
+
+
+def test_readme_commands_plan_and_demo():
+    """The README's `python bohb.py --plan ...` prints Alg. 1's table; `--demo` runs to its comparison."""
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bohb.py")
+    plan = subprocess.run([sys.executable, script, "--plan", "--min-budget", "30", "--max-budget", "120",
+                           "--eta", "2"], capture_output=True, text=True, check=True).stdout
+    assert "4 @ 30 -> 2 @ 60 -> 1 @ 120" in plan and "3 @ 60 -> 1 @ 120" in plan and "3 @ 120" in plan
+    demo = subprocess.run([sys.executable, script, "--demo", "--iterations", "2"], capture_output=True, text=True,
+                          timeout=300)
+    assert demo.returncode == 0, demo.stderr
+    assert "random search" in demo.stdout and "incumbent" in demo.stdout

@@ -174,7 +174,7 @@ def run(args):
     try:
         run_all(pool, jobs, len(workers), on_done)
     finally:
-        pool.shutdown(cancel_futures=True)
+        pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C must not wait for a running training
     if not rows:
         raise ValueError(f"no student finished: {'; '.join(failures)}")
     rows.sort(key=lambda r: r["index"])

@@ -281,7 +281,7 @@ def run(args):
     try:
         search.run(evaluate, pool, settings["iterations"], log, on_result=progress)
     finally:
-        pool.shutdown(cancel_futures=True)
+        pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C must not wait for a running training
     progress.resumed(bohb.read_log(log))
     if progress.best is None:
         raise ValueError(f"no evaluation succeeded; read the errors in {log}.")

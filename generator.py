@@ -319,21 +319,36 @@ class LiveTensorBytes(TorchDispatchMode):
         return out
 
 
+class TensorsRead(TorchDispatchMode):
+    """The storages that the operations of a forward pass read (to tell which parameters it uses)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ptrs = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        for t in tree_flatten((args, kwargs))[0]:
+            if isinstance(t, torch.Tensor):
+                self.ptrs.add(t.untyped_storage().data_ptr())
+        return func(*args, **(kwargs or {}))
+
+
 def profile(model, image_size, device="cpu", batch_size=8):
-    """Parameters, MACs per image (torch's FLOP counter: a multiply-add is 2 FLOPs) and peak
-    activation memory per image for inference (MiB): CUDA memory statistics on a GPU, an exact
-    account of live tensor bytes (LiveTensorBytes) on the CPU. The input batch itself is not counted."""
+    """Parameters used for inference (a training-only part, like DARTS's auxiliary head, is not
+    counted), MACs per image (torch's FLOP counter: a multiply-add is 2 FLOPs) and peak activation
+    memory per image for inference (MiB): CUDA memory statistics on a GPU, an exact account of live
+    tensor bytes (LiveTensorBytes) on the CPU. The input batch itself is not counted."""
     from torch.utils.flop_counter import FlopCounterMode
     device = torch.device(device)
     was_training = model.training
     model.eval()
-    params = sum(p.numel() for p in model.parameters())
     x = torch.zeros(batch_size, 3, image_size, image_size, device=device)
     with torch.inference_mode():
-        counter = FlopCounterMode(display=False)
-        with counter:
+        counter, reads = FlopCounterMode(display=False), TensorsRead()
+        with counter, reads:
             model(x[:1])
         macs = counter.get_total_flops() // 2
+        params = sum(p.numel() for p in model.parameters() if p.untyped_storage().data_ptr() in reads.ptrs)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)

@@ -5,6 +5,7 @@ import sys
 import pytest
 import torch
 
+import generator
 import teachers
 from teachers import darts
 
@@ -33,6 +34,8 @@ def test_darts_parameter_count_matches_published_cifar10_network():
     aux = 576 * 128 + 2 * 128 + 128 * 768 * 2 * 2 + 2 * 768 + 768 * 10 + 10
     assert aux == 476_426
     assert n_params(model) == 3_349_342 + aux
+    # the model profile of the reports counts what inference uses: the published figure
+    assert generator.profile(model, 32, batch_size=1)["params"] == 3_349_342
 
 
 def test_darts_without_auxiliary_head_has_the_same_network():

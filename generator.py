@@ -94,8 +94,10 @@ def derived_seed(seed, *path):
 def random_graph(model, n, seed, path, k=None, p=None):
     """Draw one connected undirected graph; a disconnected draw is redrawn with the next derived seed.
 
-    Interpretation: networkx refuses a Watts-Strogatz k > n and gives the complete graph for k = n,
-    so k is clipped to n (the released NAGO code crashes there). Each draw has probability > 0.1 of
+    networkx's Watts-Strogatz joins each node to k // 2 neighbours per side, so k = 3 builds the same
+    ring as k = 2; the released [2, 5] range is kept for fidelity. Interpretation: networkx refuses
+    k > n and gives the complete graph for k = n, so k is clipped to n (the released NAGO code crashes
+    there). Each draw has probability > 0.1 of
     being connected anywhere in the box, so the loop ends after a handful of draws.
     """
     for attempt in range(10_000):

@@ -6,6 +6,7 @@ per batch, with the KL summed over classes and averaged over the batch. train.py
 every training step; search.py adds `SPACE` (tau, alpha) to the generator's θ so that BOHB searches
 the KD hyperparameters jointly with the architecture family (paper Sec. 4).
 
+    python kd_loss.py    # why τ² is there: soft-term gradient scale across τ, with and without it
     python -m pytest -q tests/test_kd_loss.py      # checks against a numpy hand computation, < 5 s
 """
 import torch
@@ -58,3 +59,22 @@ def kd_loss(student_logits, teacher_logits, targets, tau, alpha):
         # F.kl_div(input, target) = sum target * (log target - input): KL(teacher || student).
         kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
         return (1.0 - alpha) * ce + alpha * tau * tau * kl
+
+
+def main():
+    """Print the soft term's gradient norm on random logits for several τ, with the τ² factor (Hinton
+    et al.) and without it (the paper's Eq. 2 as printed): without it the teacher's signal fades as
+    1/τ², so the search's α would mean something else at every τ."""
+    gen = torch.Generator().manual_seed(0)
+    s = torch.randn(256, 10, generator=gen, requires_grad=True)
+    t, y = 3 * torch.randn(256, 10, generator=gen), torch.randint(0, 10, (256,), generator=gen)
+    ce = torch.autograd.grad(kd_loss(s, None, y, 1.0, 0.0), s)[0].norm().item()
+    print(f"cross-entropy gradient norm {ce:.4f}; soft term (alpha = 1):")
+    print("   tau   with tau^2   without")
+    for tau in (1.0, 2.0, 4.0, 10.0):
+        with_sq = torch.autograd.grad(kd_loss(s, t, y, tau, 1.0), s)[0].norm().item()
+        print(f"  {tau:4.0f}   {with_sq:10.4f}   {with_sq / tau ** 2:7.4f}")
+
+
+if __name__ == "__main__":
+    main()

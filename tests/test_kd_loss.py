@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+import kd_loss as K
 from kd_loss import SPACE, kd_loss
 
 
@@ -86,3 +87,14 @@ def test_positive_alpha_needs_a_teacher():
 
 def test_space_is_the_papers():
     assert SPACE == {"tau": (float, 1.0, 10.0), "alpha": (float, 0.0, 1.0)}
+
+
+def test_demo_shows_the_tau_squared_scale(capsys):
+    """`python kd_loss.py`: with τ² the soft gradient keeps its scale over τ = 1..10; without, it
+    falls by the factor τ² (100 at τ = 10)."""
+    K.main()
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    with_sq = [float(r[1]) for r in rows]
+    without = [float(r[2]) for r in rows]
+    assert max(with_sq) / min(with_sq) < 2
+    assert without[0] / without[-1] > 50

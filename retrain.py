@@ -119,17 +119,16 @@ def run(args):
     best = read_best(args.theta)
     dataset = best["dataset"]
     preset = {**PAPER, **RETRAIN_PRESETS.get(dataset, {})}
-    no_kd = args.no_kd or best["no_kd"]
+    no_kd = args.no_kd or best.get("no_kd", False)
     teacher = args.teacher or best.get("teacher")
     if not no_kd and (teacher is None or not Path(teacher).is_file()):
         raise ValueError(f"teacher checkpoint {teacher} not found; give --teacher CKPT (or --no-kd).")
-    search = json.loads((Path(best["search_dir"]) / "search.json").read_text())["settings"] \
-        if (Path(best["search_dir"]) / "search.json").is_file() else {}
+    search = best.get("settings", {})  # the search's data folder and parameter limit
     settings = {"dataset": dataset, "data_dir": args.data_dir or search.get("data_dir"), "split": "final",
                 "val_size": None, "config": best["config"], "no_kd": no_kd, "teacher": None if no_kd else teacher,
                 "k": args.k or preset["k"], "epochs": args.epochs or preset["epochs"], "seed": args.seed,
                 "max_params": search.get("max_params"), "eval_every": args.eval_every}
-    out = Path(args.out or Path(best["search_dir"]).parent /
+    out = Path(args.out or Path(args.theta).parent.parent /
                f"retrain-{dataset}{'-nokd' if no_kd else ''}")
     out.mkdir(parents=True, exist_ok=True)
     settings["out"] = str(out)
@@ -182,7 +181,8 @@ def run(args):
     print(text)
     (out / "table.txt").write_text(text + "\n")
     write_json(out / "summary.json", {**stats, "students": rows, "teacher": teacher_row, "config": best["config"],
-                                      "dataset": dataset, "no_kd": no_kd, "epochs": settings["epochs"]})
+                                      "dataset": dataset, "no_kd": no_kd, "epochs": settings["epochs"],
+                                      "settings": settings, "versions": train.versions()})
     if failures:
         raise ValueError(f"{len(failures)} job(s) failed; re-run the same command to retry them.")
     return out

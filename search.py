@@ -265,8 +265,8 @@ def run(args):
                 raise ValueError(f"{out} holds a search with {key} = {old.get(key)!r}, not {settings.get(key)!r}: "
                                  "re-run with the same flags to resume it, or give another --out.")
     provenance = {"dataset": settings["dataset"], "teacher": settings["teacher"], "no_kd": settings["no_kd"],
-                  "search_dir": str(out), "versions": train.versions()}
-    write_json(saved, {"settings": settings, **provenance})
+                  "search_dir": str(out), "settings": settings, "versions": train.versions()}
+    write_json(saved, provenance)
 
     space = dict(generator.SPACE) if settings["no_kd"] else {**generator.SPACE, **kd_loss.SPACE}
     search = bohb.BOHB(space, settings["min_budget"], settings["max_budget"], settings["eta"], settings["seed"])

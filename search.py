@@ -257,6 +257,12 @@ def run(args):
     out.mkdir(parents=True, exist_ok=True)
     if settings["dataset"] == "digits" and not settings["no_kd"] and settings["teacher"] is None:
         settings["teacher"] = digits_teacher(out)
+    # Load the data and the teacher here once: a missing folder or a wrong teacher is one clear error
+    # now, not a failure in every worker; and an image folder is decoded into its cache only once.
+    data = load_data(settings["dataset"], settings["data_dir"], "search", val_size=settings["val_size"])
+    if not settings["no_kd"]:
+        teachers.load(settings["teacher"], settings["dataset"], data.num_classes)
+    del data
     saved = out / "search.json"
     if saved.is_file():
         old = json.loads(saved.read_text())["settings"]
@@ -267,7 +273,6 @@ def run(args):
     provenance = {"dataset": settings["dataset"], "teacher": settings["teacher"], "no_kd": settings["no_kd"],
                   "search_dir": str(out), "settings": settings, "versions": train.versions()}
     write_json(saved, provenance)
-
     space = dict(generator.SPACE) if settings["no_kd"] else {**generator.SPACE, **kd_loss.SPACE}
     search = bohb.BOHB(space, settings["min_budget"], settings["max_budget"], settings["eta"], settings["seed"])
     progress = Progress(search, settings, out, provenance)

@@ -183,3 +183,15 @@ def test_malformed_best_json_is_refused(tmp_path):
     bad.write_text(json.dumps({"config": {"top_nodes": 99}, "dataset": "digits"}))
     r = cli("retrain.py", "--theta", str(bad))
     assert r.returncode != 0 and "error:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_teacher_for_another_data_set_is_refused_before_anything_is_written(tmp_path, teacher):
+    import torch
+    state = torch.load(teacher, weights_only=True)
+    state["config"]["dataset"] = "cifar10"
+    wrong = tmp_path / "cifar_teacher.pt"
+    torch.save(state, wrong)
+    out = tmp_path / "search"
+    s = cli("search.py", *TINY, "--teacher", str(wrong), "--out", str(out))
+    assert s.returncode != 0 and "not digits" in s.stderr and "Traceback" not in s.stderr
+    assert not (out / "search.json").exists()  # the corrected command starts afresh, not a mismatch

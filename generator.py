@@ -21,7 +21,8 @@ Run it:
     python generator.py --theta best.json --seed 3 --save arch.json --draw arch.png
 
 It prints the graph sizes per level, the chosen width, parameters (at most 4.0 M for 32 px images),
-MACs and activation memory per sample, in about a second for the largest θ on a 2-core CPU.
+MACs and activation memory per sample: about 5 s for the largest θ on a 2-core CPU (1.2 s to sample
+and build, the rest to profile it).
 """
 
 import argparse

@@ -19,7 +19,6 @@ their checkpoints.
 import argparse
 import concurrent.futures as cf
 import json
-import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 
 import generator
 import train
-from search import WORKER, DevicePool, devices, write_json
+from search import WORKER, DevicePool, add_worker_flags, devices, write_json
 
 # Retraining settings per data set: the paper's k = 8 students x 600 epochs, and a quick start that
 # fits the offline demo into minutes on a 2-core CPU.
@@ -168,7 +167,7 @@ def run(args):
             print(f"student {result['index']} (seed {result['seed']}): test accuracy "
                   f"{100 * result['accuracy']:.2f} %", flush=True)
 
-    workers = devices(args.gpus, args.workers, settings)
+    workers = devices(args.gpus, args.workers)
     pool = DevicePool(workers, settings)
     try:
         run_all(pool, jobs, len(workers), on_done)
@@ -196,10 +195,7 @@ def parser():
     p.add_argument("--no-kd", action="store_true", help="train the same architectures with cross-entropy only")
     p.add_argument("--teacher", default=None, help="teacher checkpoint (default: the one of the search)")
     p.add_argument("--data-dir", default=None, help="data folder (default: the search's)")
-    p.add_argument("--gpus", type=int, default=torch.cuda.device_count(),
-                   help="worker processes, one per GPU (default: every GPU); 0 runs --workers workers on the CPU")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                   help="CPU workers when --gpus 0, sharing the cores")
+    add_worker_flags(p)
     p.add_argument("--seed", type=int, default=0, help="student i uses architecture seed --seed + i")
     p.add_argument("--eval-every", type=int, default=10, help="score on the test set every N epochs and at the end")
     p.add_argument("--out", default=None, help="output folder (default: retrain-<dataset>[-nokd] beside the search)")

@@ -69,11 +69,11 @@ RESUME_KEYS = ("dataset", "data_dir", "no_kd", "teacher", "min_budget", "max_bud
 WORKER = {}  # this worker process's device, data, teacher and settings (set by init_worker)
 
 
-def init_worker(device, settings):
+def init_worker(device, settings, threads):
     """Process initialiser: load the data set (settings["split"]: "search" here, "final" for
-    retrain.py) and the teacher once per worker."""
-    if settings["threads"]:
-        torch.set_num_threads(settings["threads"])
+    retrain.py) and the teacher once per worker; CPU workers share the cores (`threads` each)."""
+    if threads:
+        torch.set_num_threads(threads)
     data = load_data(settings["dataset"], settings["data_dir"], settings["split"], device=device,
                      val_size=settings["val_size"])
     teacher = None
@@ -114,13 +114,13 @@ class DevicePool(cf.Executor):
 
     def __init__(self, devices, settings):
         self.settings = settings
+        self.threads = max(1, (os.cpu_count() or 1) // devices.count("cpu")) if "cpu" in devices else 0
         self.context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked workers
         self.slots = [{"device": d, "executor": self.start(d), "future": None} for d in devices]
-        self._max_workers = len(devices)  # what bohb.BOHB.run reads as the number in flight
 
     def start(self, device):
         return cf.ProcessPoolExecutor(1, mp_context=self.context, initializer=init_worker,
-                                      initargs=(device, self.settings))
+                                      initargs=(device, self.settings, self.threads))
 
     def submit(self, fn, *args, **kwargs):
         slot = next(s for s in self.slots if s["future"] is None or s["future"].done())
@@ -137,10 +137,8 @@ class DevicePool(cf.Executor):
             slot["executor"].shutdown(wait=wait, cancel_futures=cancel_futures)
 
 
-def devices(gpus, workers, settings):
-    """['cuda:0', ..] for --gpus N, else --workers CPU workers sharing the cores; sets the threads
-    each worker's torch may use."""
-    settings["threads"] = 0 if gpus > 0 else max(1, (os.cpu_count() or 1) // workers)
+def devices(gpus, workers):
+    """['cuda:0', ..] for --gpus N, else --workers CPU workers."""
     if gpus > 0:
         available = torch.cuda.device_count()
         if gpus > available:
@@ -282,12 +280,12 @@ def run(args):
         print(f"resuming {log}: {len(progress.records)} evaluations already done")
     print(f"plan per Hyperband iteration: {bohb.format_plan(search.plan)}; {settings['iterations']} iteration(s), "
           f"{progress.jobs} trainings, {progress.total:g} epochs")
-    pool = DevicePool(devices(args.gpus, args.workers, settings), settings)
+    workers = devices(args.gpus, args.workers)
+    pool = DevicePool(workers, settings)
     try:
-        search.run(evaluate, pool, settings["iterations"], log, on_result=progress)
+        search.run(evaluate, pool, settings["iterations"], log, on_result=progress, n_workers=len(workers))
     finally:
         pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C must not wait for a running training
-    progress.resumed(bohb.read_log(log))
     if progress.best is None:
         raise ValueError(f"no evaluation succeeded; read the errors in {log}.")
     print(f"best: {100 * progress.best['accuracy']:.1f} % at {progress.best['budget']:g} epochs -> "
@@ -296,16 +294,21 @@ def run(args):
     return out / "best.json"
 
 
+def add_worker_flags(p):
+    """--gpus and --workers, shared with retrain.py."""
+    p.add_argument("--gpus", type=int, default=torch.cuda.device_count(),
+                   help="worker processes, one per GPU (default: every GPU); 0 runs --workers workers on the CPU")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="CPU workers when --gpus 0, sharing the cores (one thread each on 2 cores)")
+
+
 def parser():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="cifar10", choices=DATASETS, help="data set (presets in SEARCH_PRESETS)")
     p.add_argument("--data-dir", default=None, help="data folder (default data/<dataset>; layouts in data.py)")
     p.add_argument("--teacher", default=None, help="teacher checkpoint from train.py (digits: trained if absent)")
     p.add_argument("--no-kd", action="store_true", help="search θ alone with plain cross-entropy (vanilla NAGO)")
-    p.add_argument("--gpus", type=int, default=torch.cuda.device_count(),
-                   help="worker processes, one per GPU (default: every GPU); 0 runs --workers workers on the CPU")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                   help="CPU workers when --gpus 0, sharing the cores (one thread each on 2 cores)")
+    add_worker_flags(p)
     p.add_argument("--out", default=None, help="output folder (default runs/search-<dataset>[-nokd]); "
                                                "an existing one is resumed")
     p.add_argument("--seed", type=int, default=0, help="seeds BOHB and every architecture sample")

@@ -133,8 +133,7 @@ def square(x):
 
 
 def test_a_dead_worker_costs_one_evaluation_not_the_pool():
-    settings = {"dataset": "digits", "data_dir": None, "split": "search", "val_size": None, "no_kd": True,
-                "threads": 1}
+    settings = {"dataset": "digits", "data_dir": None, "split": "search", "val_size": None, "no_kd": True}
     pool = search.DevicePool(["cpu", "cpu"], settings)
     try:
         assert pool.submit(square, 3).result() == 9

@@ -28,15 +28,16 @@ and fsync'd before the next proposal; running again on the same log resumes the 
 import argparse
 import concurrent.futures as cf
 import functools
-import json
 import math
-import os
+import sys
 import time
 import traceback
 
 import numpy as np
 from scipy.special import logsumexp
 from scipy.stats import truncnorm
+
+import common
 
 
 # ------------------------------------------------------------------------------------------------
@@ -96,7 +97,7 @@ def bracket_plan(min_budget, max_budget, eta):
     floors instead ((s_max + 1) // (s + 1) * eta^s), e.g. 2 @ 60 rather than 3 @ 60 for eta = 2, 30 -> 120.
     """
     if not (isinstance(eta, int) and eta >= 2 and 0 < min_budget <= max_budget):
-        raise ValueError(f"need an integer eta >= 2 and 0 < min_budget <= max_budget, got eta={eta}, "
+        raise common.UserError(f"need an integer eta >= 2 and 0 < min_budget <= max_budget, got eta={eta}, "
                          f"budgets {min_budget} -> {max_budget}.")
     s_max = 0  # counted with integer powers: log(243) / log(3) is 4.999... in floating point
     while min_budget * eta ** (s_max + 1) <= max_budget * (1 + 1e-9):
@@ -121,6 +122,7 @@ class Bracket:
         self.iteration, self.number, self.rungs = iteration, number, rungs
         self.rung = 0
         self.todo = list(range(rungs[0][0]))  # config indices not yet handed out at this rung
+        self.size = len(self.todo)            # configs at this rung
         self.configs, self.losses = {}, {}    # index -> config; index -> loss at the current rung
 
     @property
@@ -129,15 +131,22 @@ class Bracket:
 
     def record(self, index, config, loss):
         self.configs[index], self.losses[index] = config, loss
-        if len(self.losses) == self.rungs[self.rung][0]:
+        if len(self.losses) == self.size:
             self.promote()
 
     def promote(self):
-        """Alg. 1 line 8: the best floor(n_i / eta) go on to the next rung (ties: lower index first)."""
+        """Alg. 1 line 8: the best floor(n_i / eta) go on to the next rung (ties: lower index first).
+        Interpretation: a failed evaluation (loss +inf) is never promoted; when fewer configurations
+        succeeded than the next rung holds, it runs with fewer (none: the bracket ends). The
+        alternative, a new configuration drawn for the empty place, would start it below its rung."""
         self.rung += 1
+        finite = [index for index in self.losses if math.isfinite(self.losses[index])]
         if not self.done:
-            ranked = sorted(self.losses, key=lambda index: (self.losses[index], index))
+            ranked = sorted(finite, key=lambda index: (self.losses[index], index))
             self.todo = ranked[:self.rungs[self.rung][0]]
+            self.size = len(self.todo)
+            if self.size == 0:
+                self.rung = len(self.rungs)
         self.losses = {}
 
 
@@ -250,6 +259,17 @@ class BOHB:
         self.history.append(result)
         return result
 
+    def complete(self, records, n_iterations):
+        """Whether a log's records hold every job of n_iterations iterations (told to this optimiser
+        in the order it asks for them): a finished search needs no worker at all."""
+        logged = {job_key(r): r for r in records}
+        while (job := self.ask(n_iterations)) is not None:
+            record = logged.pop(job_key(job), None)
+            if record is None:
+                return False
+            self.tell(record)
+        return True
+
     def observe(self, config, budget, loss):
         """Give the model one more point (tell() does this; call it alone to warm-start the model)."""
         points, losses = self.observations.setdefault(budget, ([], []))
@@ -277,10 +297,11 @@ class BOHB:
         logged. With an existing log_path the search resumes: logged jobs are told, not run again, and
         with one worker the resumed search is the uninterrupted one. A failed future is logged as a
         failure; a pool that refuses new work (a broken process pool) stops the run: run it again."""
-        logged = {job_key(r): r for r in read_log(log_path)} if log_path else {}
+        records, whole = common.read_jsonl(log_path) if log_path else ([], 0)
+        logged = {job_key(r): r for r in records}
         n_workers = n_workers or getattr(executor, "_max_workers", 1)  # both stdlib pools set it
         running = {}  # future -> job, in submission order
-        log = open(log_path, "a") if log_path else None
+        log = common.open_log(log_path, whole) if log_path else None  # after the last whole line
         try:
             while True:
                 refusal = None  # set when the pool takes no more work (a broken process pool)
@@ -288,7 +309,7 @@ class BOHB:
                     record = logged.pop(job_key(job), None)
                     if record is None:
                         try:
-                            running[executor.submit(evaluate, objective, job)] = job
+                            running[executor.submit(run_job, objective, job)] = job
                         except RuntimeError as error:
                             refusal = error
                     elif record["budget"] != job["budget"] or set(record["config"]) != set(self.space.names):
@@ -302,13 +323,11 @@ class BOHB:
                 done, _ = cf.wait(running, return_when=cf.ALL_COMPLETED if refusal else cf.FIRST_COMPLETED)
                 for future in [f for f in running if f in done]:
                     job = running.pop(future)
-                    error = future.exception()  # the worker itself failed (evaluate never raises)
+                    error = future.exception()  # the worker itself failed (run_job never raises)
                     record = future.result() if error is None else make_record(
                         job, None, None, "".join(traceback.format_exception(error)), {})
                     if log:
-                        log.write(json.dumps(record, default=to_json) + "\n")
-                        log.flush()
-                        os.fsync(log.fileno())
+                        common.append_jsonl(log, record, default=to_json)
                     self.tell(record)
                     if on_result:
                         on_result(record)
@@ -332,10 +351,10 @@ def to_json(value):
     return value.tolist() if hasattr(value, "tolist") else str(value)
 
 
-def evaluate(objective, job):
+def run_job(objective, job):
     """Alg. 1 line 7 for one config: run the objective in a worker and return the log record. It never
-    raises, so a failed
-    or non-finite evaluation becomes loss None (+inf) with its error text and the search goes on."""
+    raises, so a failed or non-finite evaluation becomes loss None (+inf) with its error text and the
+    search goes on."""
     started = time.time()
     try:
         info = dict(objective(job["config"], job["budget"], job))
@@ -344,25 +363,6 @@ def evaluate(objective, job):
     except Exception:
         info, loss, error = {}, None, traceback.format_exc()
     return make_record(job, started, loss if error is None else None, error, info)
-
-
-def read_log(path):
-    """The records of a results log ([] if there is none). A last line cut short by a kill mid-write is
-    removed from the file, so that the resumed run appends after whole lines and runs that job again."""
-    if not os.path.exists(path):
-        return []
-    with open(path, "rb+") as f:
-        data = f.read()
-        whole = data.rfind(b"\n") + 1
-        f.truncate(whole)
-    records = []
-    for number, line in enumerate(data[:whole].decode().splitlines(), 1):
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            raise ValueError(f"{path} line {number} is not JSON: a results log is only ever appended to, "
-                             "so restore it or give a new log path.") from None
-    return records
 
 
 # ------------------------------------------------------------------------------------------------
@@ -441,30 +441,38 @@ def demo(args):
         print(f"    {name:14s} {np.median(values):.5f}")
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+@common.cli
+def main(argv=None):
+    parser = common.Parser(description=__doc__.split("\n\n")[0])
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--demo", action="store_true", help="run BOHB on a toy multi-fidelity Branin")
     action.add_argument("--plan", action="store_true", help="print the brackets of one Hyperband iteration")
-    parser.add_argument("--min-budget", type=float, default=30, help="smallest budget (paper: 30 epochs)")
-    parser.add_argument("--max-budget", type=float, default=120, help="largest budget (paper: 120 epochs)")
-    parser.add_argument("--eta", type=int, default=2, help="successive-halving rate (paper: 2)")
-    parser.add_argument("--iterations", type=int, default=21,
+    parser.add_argument("--min-budget", type=common.positive_float, default=30,
+                        help="smallest budget (paper: 30 epochs)")
+    parser.add_argument("--max-budget", type=common.positive_float, default=120,
+                        help="largest budget (paper: 120 epochs)")
+    parser.add_argument("--eta", type=eta, default=2, help="successive-halving rate (paper: 2)")
+    parser.add_argument("--iterations", type=common.positive_int, default=21,
                         help="demo: Hyperband iterations to run (paper: about 21, ~300 trainings)")
-    parser.add_argument("--workers", type=int, default=4, help="demo: evaluations in flight")
+    parser.add_argument("--workers", type=common.positive_int, default=4, help="demo: evaluations in flight")
     parser.add_argument("--seed", type=int, default=0, help="demo: seed of the optimiser")
-    parser.add_argument("--seconds-per-budget", type=float, default=1e-3,
+    parser.add_argument("--seconds-per-budget", type=common.nonnegative_float, default=1e-3,
                         help="demo: sleep this long per unit of budget, to imitate training time")
-    args = parser.parse_args()
-    try:
-        plan = bracket_plan(args.min_budget, args.max_budget, args.eta)
-    except ValueError as error:
-        parser.error(str(error))
+    args = parser.parse_args(argv)
+    plan = bracket_plan(args.min_budget, args.max_budget, args.eta)
     if args.plan:
         print(format_plan(plan))
     else:
         demo(args)
 
 
+def eta(text):
+    """--eta: successive halving keeps the best 1/eta, an integer >= 2."""
+    value = common.positive_int(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 2 (the best 1/eta go on), not {text}")
+    return value
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -3,10 +3,13 @@
 Small images (CIFAR-10/100 at 32 px, the bundled UCI digits at 16 px) are held on the training
 device as one uint8 tensor and augmented there with tensor ops: random crop with zero padding and
 horizontal flip for a whole epoch at once, normalisation and cutout per batch. No per-sample Python
-and no DataLoader in the hot loop, as in KellerJordan/airbench; on the 2-core CPU this runs at
-about 380,000 images/s against 16,000 for torchvision's DataLoader with 2 workers (bench/). 224 px
-sets (MIT67, ImageNet) stream from disk through a DataLoader with workers and torchvision's usual
-transforms.
+and no DataLoader in the hot loop, as in KellerJordan/airbench (`python bench/train_speed.py` sets it
+beside torchvision's DataLoader; the figures are in bench/RESULTS.md). 224 px sets (MIT67, ImageNet)
+stream from disk through a DataLoader with workers and torchvision's usual transforms.
+
+Every training batch of small images also says which view of which image each row is (image,
+mirror, dy, dx): the augmentation is a finite set of views, so the teacher's logits for all of them
+can be computed once and looked up (teachers/lessons.py).
 
 Splits. "search": train on the training set minus a seeded hold-out, score on the hold-out (5,000
 images for CIFAR), as Alg. 1's f_KD(θ, b) needs; the test split is not read. "final": train on the
@@ -21,14 +24,13 @@ On-disk layouts that --data-dir may hold:
     mit67             <dir>/Images/<class>/*.jpg, <dir>/TrainImages.txt, <dir>/TestImages.txt
     imagenet          <dir>/train/<wnid>/*.JPEG, <dir>/val/<wnid>/*.JPEG
 
-    python data.py --dataset digits                  # split sizes and a batch's shape, about 1 s
-    python data.py --dataset cifar10 --data-dir /tmp/cifar10-jpeg   # decodes and caches, about 20 s
+    python data.py --dataset digits                  # split sizes and a batch's shape
+    python data.py --dataset cifar10 --data-dir /tmp/cifar10-jpeg   # decodes once into the cache
 """
-import argparse
 import functools
 import hashlib
 import os
-import tempfile
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,11 +38,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
+import common
 
 REPO = Path(__file__).resolve().parent
 HOLDOUT_SEED = 0   # one fixed hold-out, so every candidate of a search is scored on the same images
 DIGITS_TEST = 400  # digits: a fixed, seeded 1,397 / 400 train / test split (the file has no split)
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
 
 
 @dataclass(frozen=True)
@@ -118,8 +122,8 @@ def default_data_dir(name):
     return REPO / "data" if name == "digits" else REPO / "data" / name
 
 
-def load_data(name, data_dir=None, split="search", download=False, device="cpu", seed=HOLDOUT_SEED,
-              val_size=None, cache_dir=None):
+def load_data(name, data_dir=None, split="search", download=False, device="cpu", val_size=None,
+              cache_dir=None):
     """Load data set `name` for a "search" run (train minus a seeded hold-out of `val_size` images,
     scored on the hold-out) or a "final" run (all of train, scored on test). Returns a Data."""
     if name not in PRESETS:
@@ -143,7 +147,7 @@ def load_data(name, data_dir=None, split="search", download=False, device="cpu",
                          f"{n_train} images; choose a smaller --val-size")
     rest, val = np.arange(n_train), None
     if split == "search":
-        perm = np.random.default_rng(seed).permutation(n_train)
+        perm = np.random.default_rng(HOLDOUT_SEED).permutation(n_train)
         rest, val = np.sort(perm[val_size:]), np.sort(perm[:val_size])
     if isinstance(train, tuple):  # small images: (x uint8 (N, 3, H, W), y int64 (N,)) on the CPU
         def put(x, y, idx=None):
@@ -178,7 +182,14 @@ def digits_arrays(path, part):
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; point --data-dir at the folder holding "
                                 f"digits.csv.gz (the repository's data/)")
-    rows = torch.from_numpy(np.loadtxt(path, delimiter=",", dtype=np.int64))  # (1797, 65)
+    try:
+        rows = torch.from_numpy(np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2))  # (1797, 65)
+    except (ValueError, EOFError, OSError) as e:  # gzip and parsing errors alike
+        raise common.UserError(f"{path} is not the UCI digits table ({type(e).__name__}); restore it "
+                               f"from the repository (git checkout data/digits.csv.gz)") from None
+    if rows.shape[1] != 65 or len(rows) <= DIGITS_TEST or not ((rows >= 0) & (rows <= 16)).all():
+        raise common.UserError(f"{path} is not the UCI digits table (65 integer columns of 0..16); "
+                               f"restore it from the repository (git checkout data/digits.csv.gz)")
     perm = torch.from_numpy(np.random.default_rng(0).permutation(len(rows)))
     idx = (perm[DIGITS_TEST:] if part == "train" else perm[:DIGITS_TEST]).sort().values
     x = rows[idx, :64].float().view(-1, 1, 8, 8) * (255 / 16)                 # (N, 1, 8, 8)
@@ -213,8 +224,8 @@ def image_folder_arrays(root, part, image_size, cache_dir):
         raise FileNotFoundError(f"{root}/train exists but {root}/{part} does not; an image folder "
                                 f"needs both train/<class>/ and test/<class>/")
     classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
-    items = [(f, c) for c, cls in enumerate(classes) if (root / part / cls).is_dir()
-             for f in sorted((root / part / cls).iterdir()) if f.suffix.lower() in IMAGE_EXTENSIONS]
+    items = [(Path(f), c) for f, c in make_dataset(root / part, {c: i for i, c in enumerate(classes)},
+                                                    IMG_EXTENSIONS, allow_empty=True)]
     if not items:
         raise FileNotFoundError(f"no images in {root / part}/<class>/")
     key = hashlib.sha1(str(root.resolve()).encode())
@@ -228,11 +239,7 @@ def image_folder_arrays(root, part, image_size, cache_dir):
             return torch.from_numpy(z["x"]), torch.from_numpy(z["y"])
     x = decode_images([f for f, _ in items], image_size)                # (N, 3, S, S)
     y = np.array([c for _, c in items], dtype=np.int64)                # (N,)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=cache_dir, suffix=".tmp", delete=False) as f:
-        np.savez(f, x=x, y=y)
-    os.chmod(f.name, 0o644)
-    os.replace(f.name, cache)
+    common.write_atomic(cache, lambda f: np.savez(f, x=x, y=y))
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
@@ -264,10 +271,11 @@ def padded_views(x, pad, flip):
 
 def crop_flip(views, order, pad, gen):
     """Images `order` of padded_views, each randomly cropped back to H x W (random crop with zero
-    padding) from a random view (random flip): (len(order), C, H, W) uint8. A strided view holds
-    every crop of every image without copying; indexing it with each image's view, position and
-    offsets copies the chosen crops in one pass, shuffled by `order`: no per-image Python, no
-    per-pixel index arithmetic."""
+    padding) from a random view (random flip): (len(order), C, H, W) uint8, and which view each is,
+    (len(order), 4) int64 rows of (image, mirror, dy, dx). A strided view holds every crop of every
+    image without copying; indexing it with each image's view, position and offsets copies the
+    chosen crops in one pass, shuffled by `order`: no per-image Python, no per-pixel index
+    arithmetic."""
     f, n, c, hp, wp = views.shape
     h, w, m, dev = hp - 2 * pad, wp - 2 * pad, len(order), views.device
     mirror = torch.randint(0, f, (m,), generator=gen, device=dev)
@@ -276,7 +284,7 @@ def crop_flip(views, order, pad, gen):
     s_f, s_n, s_c, s_h, s_w = views.stride()
     crops = views.as_strided((f, n, 2 * pad + 1, 2 * pad + 1, c, h, w),
                              (s_f, s_n, s_h, s_w, s_c, s_h, s_w))       # (F, N, 2p+1, 2p+1, C, H, W)
-    return crops[mirror, order, dy, dx]                                # (M, C, H, W)
+    return crops[mirror, order, dy, dx], torch.stack([order, mirror, dy, dx], 1)  # (M, C, H, W), (M, 4)
 
 
 def cutout(x, size, gen):
@@ -312,19 +320,21 @@ def stats_on(preset, device):
 
 def batches(data, part, batch_size, train, gen=None, cutout_size=0, workers=2,
             memory_format=torch.contiguous_format):
-    """Yield (x float32 (B, 3, S, S) normalised, y int64 (B,)) on data.device for one pass over
-    `part` (data.train, data.val or data.test). train=True shuffles and augments with `gen`."""
+    """Yield (x float32 (B, 3, S, S) normalised, y int64 (B,), views) on data.device for one pass
+    over `part` (data.train, data.val or data.test). train=True shuffles and augments with `gen`;
+    views (B, 4) says which view of which image each row is (crop_flip), None where there is no
+    finite set of views (evaluation batches, 224 px images)."""
     if isinstance(part, TensorSplit):
-        xs, ys = part.x, part.y                                        # (N, 3, S, S), (N,)
+        xs, ys, views = part.x, part.y, None                           # (N, 3, S, S), (N,)
         if train:  # this epoch's order and augmentation, for all images at once
             order = torch.randperm(len(part), generator=gen, device=ys.device)
-            views = part.views(data.preset.pad, data.preset.flip)
-            xs, ys = crop_flip(views, order, data.preset.pad, gen), ys[order]
+            padded = part.views(data.preset.pad, data.preset.flip)
+            (xs, views), ys = crop_flip(padded, order, data.preset.pad, gen), ys[order]
         for i in range(0, len(part), batch_size):
             x = normalise(xs[i:i + batch_size], data.preset, memory_format)
             if cutout_size:
                 x = cutout(x, cutout_size, gen)
-            yield x, ys[i:i + batch_size]
+            yield x, ys[i:i + batch_size], None if views is None else views[i:i + batch_size]
         return
     if cutout_size:
         raise ValueError("cutout is implemented for the small-image data sets only; use --cutout 0")
@@ -333,7 +343,7 @@ def batches(data, part, batch_size, train, gen=None, cutout_size=0, workers=2,
         pin_memory=data.device.type == "cuda", persistent_workers=False)
     for x, y in loader:
         yield (x.to(data.device, non_blocking=True, memory_format=memory_format),
-               y.to(data.device, non_blocking=True))
+               y.to(data.device, non_blocking=True), None)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -387,8 +397,9 @@ def large_image_set(name, root, part, download, cache_dir):
     return folder
 
 
+@common.cli
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Load a data set once (warming the image-folder cache) "
+    p = common.Parser(description="Load a data set once (warming the image-folder cache) "
                                             "and print its splits.")
     p.add_argument("--dataset", default="digits", choices=DATASETS, help="data set name")
     p.add_argument("--data-dir", default=None, help="data folder (default: data/<dataset>, or data/ "
@@ -399,16 +410,12 @@ def main(argv=None):
     p.add_argument("--cache-dir", default=None, help="where decoded image folders are cached "
                                                      "(default ~/.cache/autokd)")
     args = p.parse_args(argv)
-    try:
-        data = load_data(args.dataset, args.data_dir, args.split, args.download,
-                         cache_dir=args.cache_dir)
-    except (ValueError, OSError) as e:
-        raise SystemExit(f"error: {e}")
-    x, y = next(batches(data, data.train, 8, train=True, gen=data.generator(0)))
+    data = load_data(args.dataset, args.data_dir, args.split, args.download, cache_dir=args.cache_dir)
+    x, y, _ = next(batches(data, data.train, 8, train=True, gen=data.generator(0)))
     sizes = {k: len(getattr(data, k)) for k in ("train", "val", "test") if getattr(data, k) is not None}
     print(f"{data.name} ({data.split}): {sizes}, {data.num_classes} classes, "
           f"batch x {tuple(x.shape)} {x.dtype}, y {tuple(y.shape)}")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -21,12 +21,10 @@ Run it:
     python generator.py --theta best.json --seed 3 --save arch.json --draw arch.png
 
 It prints the graph sizes per level, the chosen width, parameters (at most 4.0 M for 32 px images),
-MACs and activation memory per sample: about 5 s for the largest θ on a 2-core CPU (1.2 s to sample
-and build, the rest to profile it).
+MACs and activation memory per sample, and draws the three levels like the paper's Fig. 5
+(`python bench/generator_speed.py` times sampling, building and training steps; bench/RESULTS.md).
 """
 
-import argparse
-import json
 import math
 import sys
 import time
@@ -38,6 +36,8 @@ import torch
 import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+import common
 
 # The eight searched hyperparameters, (type, low, high), ranges of NAGO's released configuration.
 # bohb.py reads this; search.py joins it with kd_loss.SPACE.
@@ -62,26 +62,9 @@ def default_max_params(image_size):
 
 
 def check_theta(theta):
-    """Return θ with integers as int and floats as float; one clear ValueError for anything else."""
-    if not isinstance(theta, dict):
-        raise ValueError(f"θ must be a JSON object with the keys {', '.join(SPACE)}, not {type(theta).__name__}.")
-    unknown = sorted(set(theta) - set(SPACE))
-    missing = [name for name in SPACE if name not in theta]
-    if unknown or missing:
-        parts = ([f"unknown key(s) {', '.join(unknown)}"] if unknown else []) + \
-                ([f"missing key(s) {', '.join(missing)}"] if missing else [])
-        raise ValueError(f"θ has {' and '.join(parts)}; the keys are {', '.join(SPACE)}.")
-    out = {}
-    for name, (kind, low, high) in SPACE.items():
-        value = theta[name]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"θ[{name!r}] must be a number in [{low}, {high}], not {value!r}.")
-        if kind is int and value != int(value):
-            raise ValueError(f"θ[{name!r}] must be an integer in [{low}, {high}], not {value!r}.")
-        if not low <= value <= high:
-            raise ValueError(f"θ[{name!r}] = {value} is outside its range [{low}, {high}].")
-        out[name] = kind(value)
-    return out
+    """θ with integers as int and floats as float; one clear UserError for anything else (a best.json's
+    τ and α are not θ: train.check_config checks the whole configuration)."""
+    return common.check_config(theta, SPACE)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -93,23 +76,22 @@ def derived_seed(seed, *path):
 
 
 def random_graph(model, n, seed, path, k=None, p=None):
-    """Draw one connected undirected graph; a disconnected draw is redrawn with the next derived seed.
+    """Draw one connected undirected graph from a seed derived from (seed, *path).
 
-    networkx's Watts-Strogatz joins each node to k // 2 neighbours per side, so k = 3 builds the same
-    ring as k = 2; the released [2, 5] range is kept for fidelity. Interpretation: networkx refuses
-    k > n and gives the complete graph for k = n, so k is clipped to n (the released NAGO code crashes
-    there). Each draw has probability > 0.1 of
-    being connected anywhere in the box, so the loop ends after a handful of draws.
+    Watts-Strogatz: networkx's connected_watts_strogatz_graph, which redraws until the graph is
+    connected. networkx joins each node to k // 2 neighbours per side, so k = 3 builds the same ring
+    as k = 2; the released [2, 5] range is kept for fidelity. Like the released NAGO code, k is
+    clipped to n − 1 (k = n would be the complete graph whatever the rewiring). Erdős-Rényi: redrawn
+    with the next derived seed until connected. Every draw anywhere in the box is connected with
+    probability > 0.1, so a handful of draws suffice.
     """
+    if model == "ws":
+        return nx.connected_watts_strogatz_graph(n, min(k, n - 1), p, tries=10_000, seed=derived_seed(seed, *path))
     for attempt in range(10_000):
-        s = derived_seed(seed, *path, attempt)
-        if model == "ws":
-            g = nx.watts_strogatz_graph(n, min(k, n), p, seed=s)
-        else:
-            g = nx.erdos_renyi_graph(n, p, seed=s)
+        g = nx.erdos_renyi_graph(n, p, seed=derived_seed(seed, *path, attempt))
         if nx.is_connected(g):
             return g
-    raise AssertionError(f"no connected graph in 10,000 draws for {model} n={n} k={k} p={p}")
+    raise AssertionError(f"no connected graph in 10,000 draws for er n={n} p={p}")
 
 
 def to_dag(g):
@@ -135,9 +117,9 @@ def stages_of(n):
 
 
 def sample(theta, seed, image_size=32, num_classes=10, max_params=None):
-    """Sample the architecture data of one network from G(θ) (Alg. 1 line 4's 'sample an
-    architecture from G(θ)'). The same (θ, seed) gives the same graphs on every machine; every cell
-    and every module draws its own graph. The base width is the largest within the parameter limit."""
+    """Sample the architecture data of one network from G(θ), the first step of f_KD(θ, b) (Alg. 1
+    line 7; train.f_kd). The same (θ, seed) gives the same graphs on every machine; every cell and
+    every module draws its own graph. The base width is the largest within the parameter limit."""
     theta = check_theta(theta)
     if max_params is None:
         max_params = default_max_params(image_size)
@@ -322,23 +304,9 @@ class LiveTensorBytes(TorchDispatchMode):
         return out
 
 
-class TensorsRead(TorchDispatchMode):
-    """The storages that the operations of a forward pass read (to tell which parameters it uses)."""
-
-    def __init__(self):
-        super().__init__()
-        self.ptrs = set()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        for t in tree_flatten((args, kwargs))[0]:
-            if isinstance(t, torch.Tensor):
-                self.ptrs.add(t.untyped_storage().data_ptr())
-        return func(*args, **(kwargs or {}))
-
-
 def profile(model, image_size, device="cpu", batch_size=8):
-    """Parameters used for inference (a training-only part, like DARTS's auxiliary head, is not
-    counted), MACs per image (torch's FLOP counter: a multiply-add is 2 FLOPs) and peak activation
+    """Parameters used for inference (counted by name without a training-only auxiliary head, as
+    DARTS does), MACs per image (torch's FLOP counter: a multiply-add is 2 FLOPs) and peak activation
     memory per image for inference (MiB): CUDA memory statistics on a GPU, an exact account of live
     tensor bytes (LiveTensorBytes) on the CPU. The input batch itself is not counted."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -346,12 +314,12 @@ def profile(model, image_size, device="cpu", batch_size=8):
     was_training = model.training
     model.eval()
     x = torch.zeros(batch_size, 3, image_size, image_size, device=device)
+    params = sum(p.numel() for name, p in model.named_parameters() if "auxiliary" not in name)
     with torch.inference_mode():
-        counter, reads = FlopCounterMode(display=False), TensorsRead()
-        with counter, reads:
+        counter = FlopCounterMode(display=False)
+        with counter:
             model(x[:1])
         macs = counter.get_total_flops() // 2
-        params = sum(p.numel() for p in model.parameters() if p.untyped_storage().data_ptr() in reads.ptrs)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
@@ -390,8 +358,9 @@ def draw(arch, path):
         g = nx.DiGraph()
         g.add_nodes_from(range(graph["nodes"]))
         g.add_edges_from(map(tuple, graph["edges"]))
-        for v in g:  # layer = longest path from an input node, for a left-to-right layout
-            g.nodes[v]["layer"] = max([g.nodes[u]["layer"] + 1 for u in g.predecessors(v)], default=0)
+        for layer, nodes in enumerate(nx.topological_generations(g)):  # left to right by depth
+            for v in nodes:
+                g.nodes[v]["layer"] = layer
         pos = nx.multipartite_layout(g, subset_key="layer")
         if stages is not None:
             colors = [["#f4d35e", "#ee964b", "#f95738"][s] for s in stages]
@@ -413,21 +382,13 @@ def draw(arch, path):
 # ----------------------------------------------------------------------------------------------
 # Command line
 
-def read_json_arg(text, what):
-    """A JSON object given inline or as a file name; a best.json from search.py carries θ (with τ
-    and α) under the key "config"."""
-    try:
-        if text.lstrip().startswith("{"):
-            value = json.loads(text)
-        else:
-            with open(text) as f:
-                value = json.load(f)
-    except OSError as e:
-        raise ValueError(f"cannot read {what} file {text!r}: {e.strerror}.") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{what} {text!r} is not valid JSON ({e.msg} at line {e.lineno}).") from None
-    if what == "--theta" and isinstance(value, dict) and isinstance(value.get("config"), dict):
-        value = {k: v for k, v in value["config"].items() if k not in ("tau", "alpha")}
+def read_theta(text):
+    """θ from --theta: inline JSON or a file; a best.json from search.py carries it (with τ and α,
+    which the generator does not use) under "config"."""
+    value = common.read_json(text, "--theta")
+    value = value.get("config", value) if isinstance(value, dict) else value
+    if isinstance(value, dict):
+        value = {k: v for k, v in value.items() if k not in ("tau", "alpha")}
     return value
 
 
@@ -451,43 +412,38 @@ def summary(arch, model, seconds):
     return "\n".join(lines)
 
 
+@common.cli
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.Parser(description=__doc__.split("\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--theta", help="θ as inline JSON or a JSON file (a best.json from search.py works too)")
     source.add_argument("--arch", help="an architecture JSON written by --save, to summarise or draw again")
     parser.add_argument("--seed", type=int, default=0, help="architecture seed: (θ, seed) fixes the network")
-    parser.add_argument("--image-size", type=int, default=32, help="input resolution (32 for CIFAR, 224 for MIT67)")
-    parser.add_argument("--num-classes", type=int, default=10, help="classes of the data set")
-    parser.add_argument("--max-params", type=float, default=None,
+    parser.add_argument("--image-size", type=common.positive_int, default=32,
+                        help="input resolution (32 for CIFAR, 224 for MIT67)")
+    parser.add_argument("--num-classes", type=common.positive_int, default=10, help="classes of the data set")
+    parser.add_argument("--max-params", type=common.positive_int, default=None,
                         help="parameter limit (default: 4.0e6 below 40 px, 6.0e6 above, paper Sec. 4)")
     parser.add_argument("--save", help="write the architecture data to this JSON file")
     parser.add_argument("--draw", help="draw the three graph levels to this image file (needs matplotlib)")
     args = parser.parse_args(argv)
-    try:
-        start = time.perf_counter()
-        if args.arch:
-            arch = read_json_arg(args.arch, "--arch")
-            if not isinstance(arch, dict) or not {"top", "cells", "width"} <= set(arch):
-                raise ValueError(f"{args.arch} is not an architecture file written by generator.py --save.")
-        else:
-            if args.image_size < 8 or args.num_classes < 2:
-                raise ValueError("--image-size must be at least 8 and --num-classes at least 2.")
-            arch = sample(read_json_arg(args.theta, "--theta"), args.seed, args.image_size, args.num_classes,
-                          args.max_params)
-        model = build(arch)
-        print(summary(arch, model, time.perf_counter() - start))
-        if args.save:
-            with open(args.save, "w") as f:
-                json.dump(arch, f)
-            print(f"saved   {args.save}")
-        if args.draw:
-            draw(arch, args.draw)
-            print(f"drawn   {args.draw}")
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    start = time.perf_counter()
+    if args.arch:
+        arch = common.read_json(args.arch, "--arch")
+        if not isinstance(arch, dict) or not {"top", "cells", "width"} <= set(arch):
+            raise common.UserError(f"{args.arch} is not an architecture file written by generator.py --save.")
+    else:
+        if args.image_size < 8 or args.num_classes < 2:
+            raise common.UserError("--image-size must be at least 8 and --num-classes at least 2.")
+        arch = sample(read_theta(args.theta), args.seed, args.image_size, args.num_classes, args.max_params)
+    model = build(arch)
+    print(summary(arch, model, time.perf_counter() - start))
+    if args.save:
+        common.write_json(args.save, arch)
+        print(f"saved   {args.save}")
+    if args.draw:
+        draw(arch, args.draw)
+        print(f"drawn   {args.draw}")
 
 
 if __name__ == "__main__":

@@ -12,17 +12,17 @@ the KD hyperparameters jointly with the architecture family (paper Sec. 4).
 import torch
 import torch.nn.functional as F
 
+import common
+
 # Searched ranges (paper Sec. 4: "the temperature ranges from 1 to 10, the weight from 0 to 1").
 SPACE = {"tau": (float, 1.0, 10.0), "alpha": (float, 0.0, 1.0)}
 
 
 def check_kd_params(tau, alpha):
-    """Refuse a temperature or weight outside the paper's ranges with one clear sentence."""
+    """Refuse a temperature or weight that is not a number in the paper's ranges (a boolean or a
+    string is not a number), with one clear sentence."""
     for name, value in (("tau", tau), ("alpha", alpha)):
-        _, low, high = SPACE[name]
-        if not low <= float(value) <= high:  # also False for NaN
-            raise ValueError(f"KD {name} = {value} is outside the paper's range [{low}, {high}]; "
-                             f"pick a {name} within it")
+        common.check_value(name, value, *SPACE[name], what="KD")
 
 
 def kd_loss(student_logits, teacher_logits, targets, tau, alpha):

@@ -16,8 +16,6 @@ Every figure's numbers are printed as a table too, so the report is useful witho
 optional dependency: figures are skipped with a note when it is missing).
 """
 
-import argparse
-import json
 import math
 import sys
 from collections import defaultdict
@@ -26,19 +24,31 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-import bohb
+import common
+
+
+RECORD_KEYS = ("iteration", "bracket", "rung", "index", "budget", "loss", "info", "started", "finished")
 
 
 def load_search(folder):
-    """The finished evaluations of a search folder, and its label."""
+    """The finished evaluations of a search folder, and its label. Only reads: a line cut short by a
+    running search is left alone."""
     path = Path(folder) / "results.jsonl"
     if not path.is_file():
-        raise ValueError(f"{folder} has no results.jsonl; give a folder written by search.py.")
-    settings = json.loads((Path(folder) / "search.json").read_text())["settings"] \
-        if (Path(folder) / "search.json").is_file() else {}
-    records = bohb.read_log(path)
+        raise common.UserError(f"{folder} has no results.jsonl; give a folder written by search.py.")
+    saved = Path(folder) / "search.json"
+    settings = common.read_json(str(saved), "search.json").get("settings", {}) if saved.is_file() else {}
+    records, _ = common.read_jsonl(path)
+    for number, r in enumerate(records, 1):
+        missing = [k for k in RECORD_KEYS if not isinstance(r, dict) or k not in r]
+        if missing or (r["loss"] is not None and "accuracy" not in r["info"]):
+            raise common.UserError(f"{path} line {number} is not a search result (missing "
+                                   f"{', '.join(missing) or 'info.accuracy'}); give a folder written by search.py.")
     if not records:
-        raise ValueError(f"{path} holds no finished evaluation yet; report once the search has some.")
+        raise common.UserError(f"{path} holds no finished evaluation yet; report once the search has some.")
+    if all(r["loss"] is None for r in records):
+        raise common.UserError(f"every evaluation in {path} failed ({len(records)}); read their errors there, "
+                               "fix the cause and run the search again.")
     label = "no KD (NAGO)" if settings.get("no_kd") else "KD (AutoKD)"
     return records, f"{label}: {Path(folder).name}"
 
@@ -92,8 +102,11 @@ def group(items, key):
 def load_retrain(folder):
     path = Path(folder) / "summary.json"
     if not path.is_file():
-        raise ValueError(f"{folder} has no summary.json; give a folder written by retrain.py.")
-    return json.loads(path.read_text()), Path(folder).name
+        raise common.UserError(f"{folder} has no summary.json; give a folder written by retrain.py.")
+    summary = common.read_json(str(path), "summary.json")
+    if not isinstance(summary, dict) or not {"students", "mean", "std", "k"} <= set(summary):
+        raise common.UserError(f"{path} is not a retrain.py summary; give a folder written by retrain.py.")
+    return summary, Path(folder).name
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -197,22 +210,18 @@ def save(fig, path, plt):
     return path
 
 
+@common.cli
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = common.Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("search", help="a search folder written by search.py")
     p.add_argument("--compare", default=None, help="a second search folder, e.g. the --no-kd one (Figs. 2-4)")
     p.add_argument("--retrain", nargs="*", default=[], help="retrain folders written by retrain.py (Fig. 6, Table 1)")
     p.add_argument("--out", default=None, help="folder for the PNG figures (default: <search>/figures)")
     args = p.parse_args(argv)
-    try:
-        searches = [load_search(f) for f in [args.search] + ([args.compare] if args.compare else [])]
-        retrains = [load_retrain(f) for f in args.retrain]
-        print_tables(searches, retrains)
-        figures(searches, retrains, Path(args.out or Path(args.search) / "figures"))
-    except (ValueError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    searches = [load_search(f) for f in [args.search] + ([args.compare] if args.compare else [])]
+    retrains = [load_retrain(f) for f in args.retrain]
+    print_tables(searches, retrains)
+    figures(searches, retrains, Path(args.out or Path(args.search) / "figures"))
 
 
 if __name__ == "__main__":

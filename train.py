@@ -3,276 +3,323 @@ sample a student from G(θ), train it b epochs with L_KD of Eq. 1-2, return vali
 600-epoch retraining of the found students (Sec. 4, Table 1), and the teachers' own training.
 
     python train.py --theta theta.json --seed 0 --dataset cifar10 --epochs 30 --teacher teacher.pt
-    python train.py --arch darts --dataset cifar10 --split final --epochs 600 --save teacher.pt
-    python train.py --arch darts --dataset digits --split final --width 8 --layers 5 --epochs 20 \
-        --save runs/teacher_digits.pt                       # offline: the digits teacher, ~25 s on 2 cores
+    python train.py --arch darts --dataset cifar10 --split final --download --save teacher.pt
+    python train.py --arch darts --dataset digits --split final --width 8 --layers 5 --epochs 20 \\
+        --save runs/teacher_digits.pt                  # offline: the quick start's teacher, seconds
 
 Prints one line per epoch (loss, train and validation accuracy, images/s, elapsed, ETA) and then one
-JSON summary line. One loop serves students and teachers: DARTS's protocol (SGD momentum 0.9, lr
-0.025 at batch 96 with cosine decay to 0, weight decay 3e-4, gradient clipping 5), an auxiliary
-head and a drop-path ramp when the model has them, AMP (bf16 where supported, fp16 with a GradScaler
-otherwise) and channels_last on CUDA. Data loading and augmentation live in data.py.
+JSON summary line. Read top to bottom: the protocol -> the KD step (eager, or captured once as a CUDA
+graph) -> one epoch -> fit, the epoch loop -> f_KD -> the command line. Data loading and augmentation
+live in data.py, the teachers' lessons computed once in teachers/lessons.py.
 """
-import argparse
+import dataclasses
 import json
 import math
-import os
-import subprocess
 import sys
-import tempfile
+import threading
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
+import common
+import generator
 from data import DATASETS, batches, load_data
-from kd_loss import check_kd_params, kd_loss
+from kd_loss import SPACE as KD_SPACE, check_kd_params, kd_loss
 
-# DARTS's training protocol, which the paper's retraining follows (Sec. 4: "as in Ru et al., 2020").
-EPOCHS = 600          # final training; the search uses budgets of 30 / 60 / 120 epochs
-BATCH_SIZE = 96
-LR = 0.025            # peak learning rate at BATCH_SIZE; other batch sizes scale it linearly
-MOMENTUM = 0.9        # SGD, Nesterov off
-WEIGHT_DECAY = 3e-4
-GRAD_CLIP = 5.0       # maximum global gradient norm
-AUX_WEIGHT = 0.4      # weight of an auxiliary head's cross-entropy (the DARTS teacher has one)
 TAU, ALPHA = 4.0, 0.9  # the usual KD setting (paper Sec. 3.1) when no searched value is given
-# Flags a resumed run must share with its checkpoint; the others (device, workers, ...) may change.
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a network is trained. The defaults are DARTS's (Liu et al. 2019), which the paper's
+    retraining and teachers follow; search.SEARCH_PROTOCOL holds the search phase's (Ru et al. 2020)."""
+    epochs: int = 600            # final training; the search's budgets set it to 30 / 60 / 120
+    batch_size: int = 96
+    lr: float = 0.025            # peak SGD learning rate at batch 96 (scaled linearly), cosine to 0
+    momentum: float = 0.9        # Nesterov off
+    weight_decay: float = 3e-4
+    grad_clip: float = 5.0       # maximum global gradient norm
+    aux_weight: float = 0.4      # an auxiliary head's cross-entropy (the DARTS teacher has one)
+    cutout: int = None           # px; None: the data set's in final runs (16 for CIFAR), 0 in search
+    eval_every: int = 1          # score every N epochs, and after the last
+    bn_batches: int = 20         # training batches that re-estimate BatchNorm statistics before a score
+    amp: str = "auto"            # bf16 autocast on CUDA (fp16 + GradScaler without bf16); off on CPU
+    channels_last: str = "auto"  # auto: on for CUDA
+    capture: str = "auto"        # auto: the training step as one CUDA graph on CUDA; off: eager
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+# Settings a resumed run must share with its checkpoint; the others (device, capture, ...) may change.
 RESUME_KEYS = ("arch", "arch_options", "dataset", "split", "train_size", "num_classes", "epochs",
                "batch_size", "lr", "momentum", "weight_decay", "grad_clip", "aux_weight", "tau",
-               "alpha", "seed", "cutout", "amp")
+               "alpha", "seed", "cutout", "amp", "bn_batches")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used; the message names the file and the fix."""
-
-
-# ----------------------------------------------------------------------------------------------------
-# Checkpoints: written atomically, read with weights_only=True
-
-def save_checkpoint(path, state):
-    """Write `state` to `path` atomically: a temporary file in the same folder, then os.replace, so
-    that a run killed mid-write leaves the previous checkpoint intact."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(f.name, path)
-
-
-def load_checkpoint(path, map_location="cpu"):
-    """Read a checkpoint written by save_checkpoint (tensors and plain Python only: weights_only)."""
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found; check the path")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises pickle, zip, EOF and runtime errors for damaged files
-        raise CheckpointError(f"{path} is not a readable checkpoint ({type(e).__name__}); it is "
-                              f"damaged or not from train.py: delete it or give another") from None
-    if not isinstance(state, dict) or not {"model", "epoch", "config"} <= state.keys():
-        raise CheckpointError(f"{path} is not a train.py checkpoint (no model/epoch/config); "
-                              f"give a file written by train.py --save")
-    return state
-
-
-def versions():
-    """Provenance stored with every checkpoint: package versions and the code's git commit."""
-    try:
-        commit = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"],
-                                capture_output=True, text=True, timeout=10).stdout.strip() or None
-    except OSError:
-        commit = None
-    return {"torch": str(torch.__version__), "python": sys.version.split()[0], "autokd": commit}
-
-
-# ----------------------------------------------------------------------------------------------------
-# The training loop
-
-def resolve_amp(amp, device):
-    """'auto': bf16 on a CUDA device that supports it, fp16 (with a GradScaler) on one that does not,
-    none on the CPU. Returns (name, autocast dtype or None)."""
+def precision(protocol, device):
+    """(amp name, autocast context, channels_last memory format or not) for `device`. 'auto' AMP is
+    bf16 on a CUDA device that has it, fp16 (with a GradScaler) on one that does not, off on the CPU."""
+    amp = protocol.amp
     if amp == "auto":
         amp = "off" if device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if amp not in ("off", "bf16", "fp16"):
-        raise ValueError(f"--amp must be auto, bf16, fp16 or off, not {amp!r}")
+        raise common.UserError(f"--amp must be auto, bf16, fp16 or off, not {amp!r}")
     if amp == "fp16" and device.type != "cuda":
-        raise ValueError("fp16 AMP needs a CUDA device; use --amp bf16 or --amp off on the CPU")
-    return amp, {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+        raise common.UserError("fp16 AMP needs a CUDA device; use --amp bf16 or --amp off on the CPU")
+    dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    # No autocast weight cache: a captured step must cast inside the graph (and eager does the same).
+    autocast = torch.autocast(device.type, dtype=dtype, cache_enabled=False) if dtype else nullcontext()
+    channels_last = protocol.channels_last in ("on", True) or (protocol.channels_last == "auto"
+                                                               and device.type == "cuda")
+    return amp, autocast, torch.channels_last if channels_last else torch.contiguous_format
 
 
-def evaluate(model, data, part, batch_size, autocast, memory_format, workers=2):
-    """Accuracy and mean cross-entropy of `model` on `part` (no augmentation)."""
+# ----------------------------------------------------------------------------------------------------
+# The KD step (Alg. 1 line 7, Eq. 2): eager, or captured once as a CUDA graph and replayed
+
+class KDStep:
+    """One training step: the teacher's lesson (looked up, or computed live), the student's forward
+    pass, L_KD of Eq. 2, backward, gradient clipping, SGD.
+
+    capture=True (CUDA): the first full batch is recorded as one CUDA graph, and every later full
+    batch replays it. A NAGO student has up to 1,000 ReLU-Conv-BN units, thousands of kernels per
+    step, and one Python dispatch each is what bounds the step otherwise. The recording needs
+    warm-up steps; the weights, buffers and momentum are put back after them, so the captured run
+    trains like the eager one. A short last batch runs eagerly on the same tensors. If recording
+    fails, the step says so once through `log` and stays eager."""
+
+    def __init__(self, model, optimizer, scaler, autocast, protocol, tau, alpha, teacher=None,
+                 capture=False, log=print):
+        self.model, self.optimizer, self.scaler, self.autocast = model, optimizer, scaler, autocast
+        self.tau, self.alpha, self.teacher = tau, alpha, teacher
+        self.aux_weight, self.grad_clip = protocol.aux_weight, protocol.grad_clip
+        self.batch_size, self.can_capture, self.log = protocol.batch_size, capture, log
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.graph, self.static = None, None
+
+    def loss(self, x, y, lesson):
+        """L_KD of a batch: x (B, 3, S, S), y (B,), lesson (B, K) or None (computed live, or α = 0)."""
+        with self.autocast:
+            if self.teacher is not None:
+                with torch.no_grad():
+                    lesson = self.teacher(x)                           # (B, K)
+            out = self.model(x)
+            logits, aux = out if isinstance(out, tuple) else (out, None)  # (B, K) each
+            loss = kd_loss(logits, lesson, y, self.tau, self.alpha)
+            if aux is not None:
+                # Interpretation: the auxiliary head learns from the labels only, as in DARTS.
+                loss = loss + self.aux_weight * F.cross_entropy(aux.float(), y)
+        return loss, logits
+
+    def update(self, x, y, lesson):
+        loss, logits = self.loss(x, y, lesson)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)  # clip the true gradients (a no-op without fp16)
+        torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return loss.detach(), logits.detach()
+
+    def __call__(self, x, y, lesson=None):
+        """Train on one batch; returns (loss, logits) on the device (no host wait)."""
+        full = len(y) == self.batch_size
+        if full and self.can_capture and self.graph is None:
+            self.capture(x, y, lesson)
+        if full and self.graph is not None:
+            for static, value in zip(self.static, (x, y, lesson)):
+                if static is not None:
+                    static.copy_(value)
+            self.graph.replay()
+            return self.outputs
+        self.optimizer.zero_grad(set_to_none=self.graph is None)  # a graph owns the .grad tensors
+        return self.update(x, y, lesson)
+
+    def capture(self, x, y, lesson):
+        self.can_capture = False  # one attempt
+        saved = {k: v.clone() for k, v in self.model.state_dict().items()}
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up: cuDNN picks kernels, buffers get allocated
+                for _ in range(3):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.update(x, y, lesson)
+            torch.cuda.current_stream().wait_stream(side)
+            self.static = [x.clone(), y.clone(), None if lesson is None else lesson.clone()]
+            self.optimizer.zero_grad(set_to_none=True)
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: other students of this process may run while this one records
+            with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
+                self.outputs = self.update(*self.static)
+            self.graph = graph
+        except Exception as error:  # noqa: BLE001 (any failure: train eagerly instead)
+            self.graph, self.static = None, None
+            self.log(f"capturing the training step as a CUDA graph failed ({common.describe(error)}); "
+                     f"training eagerly")
+        with torch.no_grad():  # undo the warm-up: the run starts from the initial weights
+            for k, v in self.model.state_dict().items():
+                v.copy_(saved[k])
+            for state in self.optimizer.state.values():
+                if state.get("momentum_buffer") is not None:
+                    state["momentum_buffer"].zero_()  # m·0 + g: SGD's first step, as in eager
+
+
+# ----------------------------------------------------------------------------------------------------
+# One epoch, BatchNorm statistics, scoring
+
+def train_epoch(step, data, protocol, gen, cutout, lessons, workers, memory_format):
+    """One pass over data.train. Returns (mean loss, accuracy, images seen); the host waits once."""
+    step.model.train()
+    loss_sum = torch.zeros((), device=data.device)
+    correct = torch.zeros((), device=data.device, dtype=torch.int64)
+    seen = 0
+    for x, y, views in batches(data, data.train, protocol.batch_size, train=True, gen=gen,
+                               cutout_size=cutout, workers=workers, memory_format=memory_format):
+        lesson = lessons(views) if lessons is not None else None     # (B, K) looked up, or live
+        loss, logits = step(x, y, lesson)
+        loss_sum += loss * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+    return loss_sum.item() / seen, correct.item() / seen, seen
+
+
+def recalibrate_bn(model, data, n_batches, batch_size, autocast, memory_format, workers=2):
+    """Interpretation (BatchNorm at short budgets): before a score, every BatchNorm's running mean and
+    variance are recomputed as plain averages over the first `n_batches` training batches (no
+    augmentation), as torch.optim.swa_utils.update_bn does over a whole loader. After one epoch the
+    running averages still lag the weights, and a 1-epoch student scores near chance in eval mode;
+    at 30-120 epochs this changes little. Training never reads these statistics."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or n_batches == 0:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    model.train()
+    with torch.no_grad(), autocast:
+        for _, (x, _, _) in zip(range(n_batches), batches(data, data.train, batch_size, train=False,
+                                                          workers=workers, memory_format=memory_format)):
+            model(x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+
+
+def score(model, data, part, batch_size, autocast=nullcontext(), memory_format=torch.contiguous_format,
+          workers=2):
+    """(accuracy, mean cross-entropy) of `model` on `part` (no augmentation), in eval mode."""
     model.eval()
     correct = torch.zeros((), device=data.device, dtype=torch.int64)
     loss = torch.zeros((), device=data.device)
     with torch.inference_mode(), autocast:
-        for x, y in batches(data, part, batch_size, train=False, workers=workers,
-                            memory_format=memory_format):
+        for x, y, _ in batches(data, part, batch_size, train=False, workers=workers,
+                               memory_format=memory_format):
             logits = model(x).float()                                  # (B, K)
             loss += F.cross_entropy(logits, y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
     return correct.item() / len(part), loss.item() / len(part)
 
 
-def train_epoch(model, teacher, data, batch_size, optimizer, scaler, autocast, gen, *, tau, alpha,
-                aux_weight, grad_clip, cutout, workers, memory_format):
-    """One pass over data.train with L_KD (Eq. 2); teacher None means alpha = 0 (no teacher forward).
-    Returns (mean training loss, training accuracy, images seen); the host waits once, at the end."""
-    model.train()
-    loss_sum = torch.zeros((), device=data.device)
-    correct = torch.zeros((), device=data.device, dtype=torch.int64)
-    seen = 0
-    for x, y in batches(data, data.train, batch_size, train=True, gen=gen, cutout_size=cutout,
-                        workers=workers, memory_format=memory_format):
-        t_logits = None
-        if teacher is not None:
-            with torch.inference_mode(), autocast:
-                t_logits = teacher(x)                                  # (B, K)
-            t_logits = t_logits.clone()  # an ordinary tensor, so that autograd may save it
-        with autocast:
-            out = model(x)
-            logits, aux = out if isinstance(out, tuple) else (out, None)  # (B, K) each
-            loss = kd_loss(logits, t_logits, y, tau, alpha)
-            if aux is not None:
-                # Interpretation: the auxiliary head learns from the labels only, as in DARTS.
-                loss = loss + aux_weight * F.cross_entropy(aux.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)  # clip the true gradients (a no-op without fp16)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        loss_sum += loss.detach() * len(y)  # on the device: no host sync per step
-        correct += (logits.detach().argmax(1) == y).sum()
-        seen += len(y)
-    return loss_sum.item() / seen, correct.item() / seen, seen
+# ----------------------------------------------------------------------------------------------------
+# fit: the epoch loop
 
+def fit(model, data, protocol=Protocol(), teacher=None, tau=TAU, alpha=0.0, *, device="cpu", seed=0,
+        save=None, resume=False, stop_after=None, config=None, workers=2, own_rng=True, log=print):
+    """Train `model` on `data` (data.load_data) under `protocol` with L_KD (Eq. 2) at temperature
+    `tau` and weight `alpha` from `teacher`: a network (its lessons computed live) or a
+    teachers.lessons.Lessons (looked up); alpha = 0 is cross-entropy with no teacher at all. Then
+    score it on data.eval: the hold-out in search mode, the test set in final mode.
 
-def fit(model, data, epochs, teacher=None, tau=TAU, alpha=0.0, device="cpu", seed=0, *,
-        batch_size=BATCH_SIZE, lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
-        grad_clip=GRAD_CLIP, aux_weight=AUX_WEIGHT, amp="auto", channels_last="auto", cutout=None,
-        eval_every=1, workers=2, save=None, resume=False, stop_after=None, config=None, log=print):
-    """Train `model` on `data` (from data.load_data) for `epochs` with the KD loss of Eq. 2 from
-    `teacher` at temperature `tau` and weight `alpha` (alpha = 0: cross-entropy, teacher unused),
-    then score it on data.eval (the hold-out in search mode, the test set in final mode).
-
-    Returns {"accuracy", "loss", "wall_s", "images_per_s", "epochs", "failed", "error", ...}. A
-    non-finite loss ends the run with failed=True and accuracy=None instead of raising, so that a
-    search can go on. save: checkpoint path written after every epoch; resume: continue from it if it
-    exists (same settings); stop_after: stop after that epoch (the schedule still spans `epochs`).
-    `config` (the architecture and its options) is stored in the checkpoint with every setting here.
-    The global torch RNG (dropout, drop path) is seeded from `seed` inside and restored on return.
-    """
+    Returns {"accuracy", "loss", "wall_s", "images_per_s", "epochs", "failed", "error", "history",
+    "config"}. A non-finite loss ends the run with failed=True and accuracy None, so that a search
+    goes on. save: a checkpoint written after every epoch; resume: continue it (same settings);
+    stop_after: stop after that epoch (the schedule still spans protocol.epochs). own_rng: seed the
+    global torch RNG (dropout, drop path) from `seed` here and restore it on return; False where
+    several runs share a process (they then share its stream)."""
     device = torch.device(device)
     check_kd_params(tau, alpha)
     if alpha > 0 and teacher is None:
-        raise ValueError(f"KD weight alpha = {alpha} needs a teacher; give one or set alpha = 0")
-    amp, amp_dtype = resolve_amp(amp, device)
-    if channels_last == "auto":
-        channels_last = device.type == "cuda"
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    cutout = (data.preset.cutout if data.split == "final" else 0) if cutout is None else cutout
-    end = epochs if stop_after is None else min(epochs, stop_after)
+        raise common.UserError(f"KD weight alpha = {alpha} needs a teacher; give one or set alpha = 0")
+    amp, autocast, memory_format = precision(protocol, device)
+    cutout = (data.preset.cutout if data.split == "final" else 0) if protocol.cutout is None else protocol.cutout
+    capture = device.type == "cuda" and protocol.capture != "off" and amp != "fp16"  # GradScaler syncs
+    end = protocol.epochs if stop_after is None else min(protocol.epochs, stop_after)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
 
     model.to(device, memory_format=memory_format)
-    teacher = teacher if alpha > 0 else None  # alpha = 0: no teacher forward at all
-    if teacher is not None:
-        # channels_last on every device: the DARTS teacher's depthwise-separable convolutions run
-        # twice as fast in NHWC on the CPU too (bench/train_speed.py), unlike the NAGO students.
-        teacher.to(device, memory_format=torch.channels_last).eval()
+    teacher = teacher if alpha > 0 else None
+    live = teacher if isinstance(teacher, nn.Module) else None
+    lessons = teacher if live is None else None
+    if live is not None:
+        # channels_last on every device: the DARTS teacher's separable convolutions run twice as
+        # fast in NHWC on the CPU too (bench/train_speed.py), unlike the NAGO students
+        live.to(device, memory_format=torch.channels_last).eval()
     drop_path_max = getattr(model, "drop_path_prob", None)
-    cfg = {**(config or {}), "dataset": data.name, "split": data.split,
-           "train_size": len(data.train), "num_classes": data.num_classes,
-           "image_size": data.image_size, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-           "momentum": momentum, "weight_decay": weight_decay, "grad_clip": grad_clip,
-           "aux_weight": aux_weight, "drop_path_prob": drop_path_max, "tau": tau, "alpha": alpha,
-           "seed": seed, "amp": amp, "channels_last": channels_last, "cutout": cutout,
+    cfg = {**(config or {}), **dataclasses.asdict(protocol), "dataset": data.name, "split": data.split,
+           "train_size": len(data.train), "num_classes": data.num_classes, "image_size": data.image_size,
+           "drop_path_prob": drop_path_max, "tau": tau, "alpha": alpha, "seed": seed, "amp": amp,
+           "channels_last": memory_format == torch.channels_last, "cutout": cutout, "capture": capture,
+           "lessons": "cached" if lessons is not None else "live" if live is not None else None,
            "device": str(device)}
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr * batch_size / BATCH_SIZE,
-                                momentum=momentum, weight_decay=weight_decay, nesterov=False)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs, eta_min=0.0)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
-                else nullcontext())
-    cuda_devices = [device.index or 0] if device.type == "cuda" else []
-    provenance = versions()
+    peak = protocol.lr * protocol.batch_size / Protocol.batch_size
+    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate(peak, device, capture), fused=True,
+                                momentum=protocol.momentum, weight_decay=protocol.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=protocol.epochs, eta_min=0.0)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    step = KDStep(model, optimizer, scaler, autocast, protocol, tau, alpha, live, capture, log)
+    parts = (model, optimizer, scheduler, scaler)
+    cuda = [device] if device.type == "cuda" and own_rng else []
 
-    with torch.random.fork_rng(devices=cuda_devices):
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=cuda, enabled=own_rng):
+        if own_rng:
+            torch.manual_seed(seed)
         gen = data.generator(seed)
         history, clock, start = [], {"wall_s": 0.0, "train_s": 0.0, "images": 0}, 0
         if save is not None and Path(save).exists():
             if not resume:
-                raise ValueError(f"{save} already exists; pass --resume to continue it or delete it")
-            state = load_checkpoint(save)  # on the CPU: RNG states must be CPU tensors
-            for key in RESUME_KEYS:
-                if state["config"].get(key) != cfg.get(key):
-                    raise CheckpointError(
-                        f"{save} was trained with {key} = {state['config'].get(key)!r}, not "
-                        f"{cfg.get(key)!r}; resume with the same settings or start a new file")
-            try:
-                model.load_state_dict(state["model"])
-            except RuntimeError:
-                raise CheckpointError(f"{save} holds another architecture than the model given; "
-                                      f"resume with the same --theta/--arch and seed") from None
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            if state["scaler"] is not None:
-                scaler.load_state_dict(state["scaler"])
-            torch.set_rng_state(state["rng"]["torch"])
-            if cuda_devices and state["rng"]["cuda"] is not None:
-                torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-            gen.set_state(state["rng"]["data"])
-            history, clock, start = state["history"], state["clock"], state["epoch"]
-            log(f"resumed {save} at epoch {start}/{epochs}")
-
+                raise common.UserError(f"{save} already exists; pass --resume to continue it or delete it")
+            history, clock, start = restore(save, cfg, parts, gen, device, capture, log)
         session_start, failed = time.perf_counter(), None
         for epoch in range(start, end):
             t0 = time.perf_counter()
             if drop_path_max is not None:  # DARTS's linear ramp from 0 to the model's maximum
-                model.drop_path_prob = drop_path_max * epoch / epochs
-            train_loss, train_acc, seen = train_epoch(
-                model, teacher, data, batch_size, optimizer, scaler,
-                autocast, gen, tau=tau, alpha=alpha, aux_weight=aux_weight, grad_clip=grad_clip,
-                cutout=cutout, workers=workers, memory_format=memory_format)
+                model.drop_path_prob = drop_path_max * epoch / protocol.epochs
+            # Alg. 1 line 7: one epoch of L_KD; the learning rate follows a cosine per epoch
+            loss, train_accuracy, seen = train_epoch(step, data, protocol, gen, cutout, lessons,
+                                                     workers, memory_format)
             scheduler.step()
             train_s = time.perf_counter() - t0
-            if not math.isfinite(train_loss):
-                failed = (f"the training loss became {train_loss} in epoch {epoch + 1}; lower --lr "
-                          f"or try another configuration")
+            if not math.isfinite(loss):
+                failed = (f"the training loss became {loss} in epoch {epoch + 1}; lower --lr or try "
+                          f"another configuration")
                 break
-            row = {"epoch": epoch + 1, "loss": train_loss, "train_accuracy": train_acc,
-                   "lr": optimizer.param_groups[0]["lr"], "images_per_s": seen / train_s}
-            if (epoch + 1) % eval_every == 0 or epoch + 1 == end:
-                row["accuracy"], row["eval_loss"] = evaluate(model, data, data.eval, 4 * batch_size,
-                                                             autocast, memory_format, workers)
+            row = {"epoch": epoch + 1, "loss": loss, "train_accuracy": train_accuracy,
+                   "lr": float(optimizer.param_groups[0]["lr"]), "images_per_s": seen / train_s}
+            if (epoch + 1) % protocol.eval_every == 0 or epoch + 1 == end:  # score it
+                recalibrate_bn(model, data, protocol.bn_batches, protocol.batch_size, autocast,
+                               memory_format, workers)
+                row["accuracy"], row["eval_loss"] = score(model, data, data.eval, 4 * protocol.batch_size,
+                                                          autocast, memory_format, workers)
             clock = {"wall_s": clock["wall_s"] + time.perf_counter() - t0,
                      "train_s": clock["train_s"] + train_s, "images": clock["images"] + seen}
             row["elapsed_s"] = clock["wall_s"]
             history.append(row)
-            log(progress_line(row, epochs, data.split, (time.perf_counter() - session_start)
-                              / (epoch + 1 - start) * (epochs - epoch - 1)))
+            eta = (time.perf_counter() - session_start) / (epoch + 1 - start) * (protocol.epochs - epoch - 1)
+            log(progress_line(row, protocol.epochs, data.split, eta))
             if save is not None:
-                save_checkpoint(save, {
-                    "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                    "epoch": epoch + 1, "history": history, "clock": clock,
-                    "rng": {"torch": torch.get_rng_state(),
-                            "cuda": torch.cuda.get_rng_state(device) if cuda_devices else None,
-                            "data": gen.get_state()},
-                    "versions": provenance, "config": cfg})
+                checkpoint(save, parts, epoch + 1, history, clock, gen, device, cfg)
 
     last = history[-1] if history else {}
     if failed is None and history and "accuracy" not in last:  # a resumed run that had just ended
-        last["accuracy"], last["eval_loss"] = evaluate(model, data, data.eval, 4 * batch_size,
-                                                       autocast, memory_format, workers)
+        last["accuracy"], last["eval_loss"] = score(model, data, data.eval, 4 * protocol.batch_size,
+                                                    autocast, memory_format, workers)
     return {"accuracy": None if failed else last.get("accuracy"),
             "eval_split": "val" if data.split == "search" else "test",
             "eval_loss": None if failed else last.get("eval_loss"),
@@ -283,164 +330,225 @@ def fit(model, data, epochs, teacher=None, tau=TAU, alpha=0.0, device="cpu", see
             "history": history, "config": cfg}
 
 
-def hms(seconds):
-    s = int(seconds)
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+def learning_rate(value, device, capture):
+    """The optimiser's learning rate: a float, or a device tensor that a captured step reads."""
+    return torch.tensor(float(value), device=device) if capture else float(value)
+
+
+def checkpoint(path, parts, epoch, history, clock, gen, device, cfg):
+    """Everything a run needs to continue exactly: model, optimiser, schedule, scaler, RNG states."""
+    model, optimizer, scheduler, scaler = parts
+    cuda = device.type == "cuda"
+    common.save_checkpoint(path, {
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+        "epoch": epoch, "history": history, "clock": clock,
+        "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if cuda else None,
+                "data": gen.get_state()},
+        "versions": common.versions(), "config": cfg})
+
+
+def restore(path, cfg, parts, gen, device, capture, log):
+    """Load a checkpoint written by `checkpoint` into the run's parts; returns (history, clock, epoch)."""
+    model, optimizer, scheduler, scaler = parts
+    state = load_checkpoint(path)  # on the CPU: RNG states must be CPU tensors
+    common.check_resume(state["config"], cfg, RESUME_KEYS, path, "resume with the same settings, or start a new "
+                        "file", error=common.CheckpointError)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError:
+        raise common.CheckpointError(f"{path} holds another architecture than the model given; resume "
+                                     f"with the same --theta/--arch and seed") from None
+    optimizer.load_state_dict(state["optimizer"])
+    for group in optimizer.param_groups:  # a float or a device tensor, as this run's step needs
+        group["lr"] = learning_rate(group["lr"], device, capture)
+    scheduler.load_state_dict(state["scheduler"])
+    if state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    if device.type == "cuda" and state["rng"]["cuda"] is not None:
+        torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+    gen.set_state(state["rng"]["data"])
+    log(f"resumed {path} at epoch {state['epoch']}/{cfg['epochs']}")
+    return state["history"], state["clock"], state["epoch"]
+
+
+def load_checkpoint(path):
+    """A train.py checkpoint (model, epoch, config), or a CheckpointError naming the file."""
+    state = common.load_checkpoint(path)
+    if not {"model", "epoch", "config"} <= state.keys():
+        raise common.CheckpointError(f"{path} is not a train.py checkpoint (no model/epoch/config); "
+                                     f"give a file written by train.py --save")
+    return state
 
 
 def progress_line(row, epochs, split, eta_s):
-    score = (f"  {'val' if split == 'search' else 'test'} {row['accuracy']:6.2%}"
-             if "accuracy" in row else "")
+    score_text = (f"  {'val' if split == 'search' else 'test'} {row['accuracy']:6.2%}"
+                  if "accuracy" in row else "")
     return (f"epoch {row['epoch']:4d}/{epochs}  loss {row['loss']:.4f}  "
-            f"train {row['train_accuracy']:6.2%}{score}  {row['images_per_s']:7.0f} img/s  "
-            f"elapsed {hms(row['elapsed_s'])}  eta {hms(eta_s)}")
+            f"train {row['train_accuracy']:6.2%}{score_text}  {row['images_per_s']:7.0f} img/s  "
+            f"elapsed {common.hms(row['elapsed_s'])}  eta {common.hms(eta_s)}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# f_KD(θ, b): one student of G(θ), trained and scored
+
+BUILD_LOCK = threading.Lock()  # seeding the initial weights touches the global RNG
+
+
+def check_config(config):
+    """The one checker of a configuration for every entry point: θ (generator.SPACE) and, optional,
+    τ and α (kd_loss.SPACE); one sentence naming the key when anything is wrong."""
+    return common.check_config(config, {**generator.SPACE, **KD_SPACE}, optional=tuple(KD_SPACE))
+
+
+def f_kd(config, budget, seed, data, teacher, protocol, *, device, run=0, max_params=None, save=None,
+         own_rng=True, log=None):
+    """Alg. 1 line 7, f_KD(θ, b): sample the student of (θ, seed) from G(θ), train it for b epochs
+    with L_KD from `teacher` (τ and α from config; no teacher or α = 0: cross-entropy), and score it
+    on data.eval. Returns (fit's result, the architecture, the trained model). search.py calls it
+    with the search budgets, retrain.py with the final protocol. `run` 0 seeds the initial weights
+    and the data order with `seed` too; run r > 0 trains the same architecture from other ones
+    (Table 1 averages 5 runs per architecture)."""
+    config = check_config(config)
+    tau, alpha = (config.get("tau", TAU), config.get("alpha", ALPHA)) if teacher is not None else (TAU, 0.0)
+    theta = {k: config[k] for k in generator.SPACE}
+    arch = generator.sample(theta, seed, data.image_size, data.num_classes, max_params)
+    train_seed = seed if run == 0 else generator.derived_seed(seed, run)
+    with BUILD_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(train_seed)
+        model = generator.build(arch)
+    result = fit(model, data, protocol.replace(epochs=int(round(budget))), teacher, tau, alpha,
+                 device=device, seed=train_seed, save=save, resume=save is not None, own_rng=own_rng,
+                 config={"arch": "nago", "arch_options": {"arch": arch}}, log=log or (lambda line: None))
+    return result, arch, model
 
 
 # ----------------------------------------------------------------------------------------------------
 # Command line
 
-def read_theta(path):
-    """θ (and optionally tau, alpha) from a JSON object, flat or under "config" (search output)."""
-    try:
-        obj = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"θ file {path} not found; check the --theta path") from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"θ file {path} is not valid JSON ({e.msg} at line {e.lineno})") from None
-    obj = obj.get("config", obj) if isinstance(obj, dict) else obj
-    if not isinstance(obj, dict):
-        raise ValueError(f"θ file {path} must hold a JSON object of generator hyperparameters")
-    return obj
-
-
 def build_model(args, data):
-    """The network to train and its description for the checkpoint ("arch", "arch_options")."""
-    darts_flags = {k: getattr(args, k) for k in ("width", "layers", "drop_path_prob")
-                   if getattr(args, k) is not None}
+    """The network to train, its description for the checkpoint, and the θ file's τ and α."""
+    darts_flags = {k: getattr(args, k) for k in ("width", "layers", "drop_path_prob") if getattr(args, k) is not None}
     if args.no_auxiliary:
         darts_flags["auxiliary"] = False
     if args.arch != "darts" and darts_flags:
-        raise ValueError(f"--{'/--'.join(k.replace('_', '-') for k in darts_flags)} apply to "
-                         f"--arch darts only; drop them")
+        raise common.UserError(f"--{'/--'.join(k.replace('_', '-') for k in darts_flags)} apply to "
+                               f"--arch darts only; drop them")
     if args.pretrained and args.arch != "inception_resnet_v2":
-        raise ValueError("--pretrained applies to --arch inception_resnet_v2 only; drop it")
+        raise common.UserError("--pretrained applies to --arch inception_resnet_v2 only; drop it")
     if args.arch is not None and args.max_params is not None:
-        raise ValueError("--max-params limits a --theta student; a teacher's size is set by its "
-                         "architecture, so drop it")
+        raise common.UserError("--max-params limits a --theta student; a teacher's size is set by its "
+                               "architecture, so drop it")
     if args.theta is not None:
-        import generator
-        theta = read_theta(args.theta)
-        arch = generator.sample({k: theta[k] for k in generator.SPACE if k in theta}, args.seed,
-                                data.image_size, data.num_classes, args.max_params)
-        return generator.build(arch), {"arch": "nago", "arch_options": {"arch": arch}}, theta
+        config = common.read_json(args.theta, "--theta")
+        config = check_config(config.get("config", config) if isinstance(config, dict) else config)
+        arch = generator.sample({k: config[k] for k in generator.SPACE}, args.seed, data.image_size,
+                                data.num_classes, args.max_params)
+        return generator.build(arch), {"arch": "nago", "arch_options": {"arch": arch}}, config
     import teachers
     options = {"pretrained": True} if args.pretrained else darts_flags
-    return (teachers.build(args.arch, data.num_classes, **options),
-            {"arch": args.arch, "arch_options": options}, {})
+    return teachers.build(args.arch, data.num_classes, **options), {"arch": args.arch, "arch_options": options}, {}
 
 
 def parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = common.Parser(description=__doc__.split("\n\n")[0])
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--theta", help="JSON file with generator hyperparameters θ (a student)")
+    what.add_argument("--theta", help="θ as a JSON file or inline JSON (a best.json from search.py works too)")
     what.add_argument("--arch", choices=("darts", "inception_resnet_v2"), help="a teacher network")
-    p.add_argument("--seed", type=int, default=0, help="seeds the architecture sample, the weights, "
-                                                       "the data order and augmentation")
+    p.add_argument("--seed", type=int, default=0, help="seeds the architecture sample, the weights, the data "
+                                                       "order and augmentation")
     p.add_argument("--dataset", default="cifar10", choices=DATASETS, help="data set")
-    p.add_argument("--data-dir", default=None, help="data folder (default data/<dataset>; data/ for "
-                                                    "digits); layouts in data.py")
+    p.add_argument("--data-dir", default=None, help="data folder (default data/<dataset>; data/ for digits); "
+                                                    "layouts in data.py")
     p.add_argument("--download", action="store_true", help="let torchvision download CIFAR")
-    p.add_argument("--cache-dir", default=None, help="cache of decoded image folders "
-                                                     "(default ~/.cache/autokd)")
+    p.add_argument("--cache-dir", default=None, help="cache of decoded image folders (default ~/.cache/autokd)")
     p.add_argument("--split", default="search", choices=("search", "final"),
-                   help="search: score on a hold-out of the training set; final: train on all of "
-                        "it and score on the test set")
-    p.add_argument("--val-size", type=int, default=None,
+                   help="search: score on a hold-out of the training set; final: train on all of it and "
+                        "score on the test set")
+    p.add_argument("--val-size", type=common.positive_int, default=None,
                    help="hold-out size in search mode (default: 5,000 for CIFAR, see data.PRESETS)")
-    p.add_argument("--epochs", type=int, default=EPOCHS, help="training epochs (search budgets: "
-                                                              "30/60/120)")
+    p.add_argument("--epochs", type=common.positive_int, default=Protocol.epochs,
+                   help="training epochs (search budgets: 30/60/120)")
     p.add_argument("--teacher", default=None, help="teacher checkpoint for KD (teachers.load)")
     p.add_argument("--tau", type=float, default=None,
                    help=f"KD temperature in [1, 10] (default: the θ file's, else {TAU})")
     p.add_argument("--alpha", type=float, default=None,
-                   help=f"KD weight in [0, 1] (default: the θ file's, else {ALPHA} with --teacher "
-                        f"and 0 without)")
-    p.add_argument("--max-params", type=int, default=None,
-                   help="student parameter limit (default: generator's, 4.0 M / 6.0 M)")
-    p.add_argument("--width", type=int, default=None, help="darts: initial channels (default 36)")
-    p.add_argument("--layers", type=int, default=None, help="darts: cells (default 20)")
-    p.add_argument("--drop-path-prob", type=float, default=None,
+                   help=f"KD weight in [0, 1] (default: the θ file's, else {ALPHA} with --teacher and 0 without)")
+    p.add_argument("--max-params", type=common.positive_int, default=None,
+                   help="student parameter limit, e.g. 4e6 (default: generator's, 4.0 M / 6.0 M)")
+    p.add_argument("--width", type=common.positive_int, default=None, help="darts: initial channels (default 36)")
+    p.add_argument("--layers", type=common.positive_int, default=None, help="darts: cells (default 20)")
+    p.add_argument("--drop-path-prob", type=common.nonnegative_float, default=None,
                    help="darts: final drop-path probability, ramped from 0 (default 0.2)")
     p.add_argument("--no-auxiliary", action="store_true", help="darts: no auxiliary head")
     p.add_argument("--pretrained", action="store_true",
                    help="inception_resnet_v2: start from timm's ImageNet weights (needs their download)")
-    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="batch size")
-    p.add_argument("--lr", type=float, default=LR,
-                   help=f"peak learning rate at batch {BATCH_SIZE}, scaled linearly with "
-                        f"--batch-size, cosine-decayed to 0")
-    p.add_argument("--momentum", type=float, default=MOMENTUM, help="SGD momentum")
-    p.add_argument("--weight-decay", type=float, default=WEIGHT_DECAY, help="weight decay")
-    p.add_argument("--grad-clip", type=float, default=GRAD_CLIP, help="max gradient norm")
-    p.add_argument("--aux-weight", type=float, default=AUX_WEIGHT,
+    p.add_argument("--batch-size", type=common.positive_int, default=Protocol.batch_size, help="batch size")
+    p.add_argument("--lr", type=common.positive_float, default=Protocol.lr,
+                   help="peak learning rate at batch 96, scaled linearly with --batch-size, cosine-decayed to 0")
+    p.add_argument("--momentum", type=common.nonnegative_float, default=Protocol.momentum, help="SGD momentum")
+    p.add_argument("--weight-decay", type=common.nonnegative_float, default=Protocol.weight_decay,
+                   help="weight decay")
+    p.add_argument("--grad-clip", type=common.positive_float, default=Protocol.grad_clip, help="max gradient norm")
+    p.add_argument("--aux-weight", type=common.nonnegative_float, default=Protocol.aux_weight,
                    help="weight of the auxiliary head's loss, for models that have one")
-    p.add_argument("--cutout", type=int, default=None,
+    p.add_argument("--cutout", type=common.nonnegative_int, default=None,
                    help="cutout side in px (default: 16 for CIFAR with --split final, else 0)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    p.add_argument("--bn-batches", type=common.nonnegative_int, default=Protocol.bn_batches,
+                   help="training batches that re-estimate BatchNorm statistics before each score (0: off)")
+    p.add_argument("--device", type=common.device_name, default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device")
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
                    help="mixed precision; auto: bf16 on CUDA if supported, else fp16; off on CPU")
     p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
                    help="channels_last memory format; auto: on for CUDA")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                   help="DataLoader workers (224 px data sets only)")
-    p.add_argument("--eval-every", type=int, default=1, help="score every N epochs and at the end")
+    p.add_argument("--capture", default="auto", choices=("auto", "off"),
+                   help="auto: record the training step once as a CUDA graph and replay it (CUDA only)")
+    p.add_argument("--workers", type=common.nonnegative_int, default=2, help="DataLoader workers (224 px data sets)")
+    p.add_argument("--eval-every", type=common.positive_int, default=1, help="score every N epochs and at the end")
     p.add_argument("--save", default=None, help="checkpoint written after every epoch")
-    p.add_argument("--resume", action="store_true",
-                   help="continue from --save if it exists (same flags); else start fresh")
-    p.add_argument("--stop-after", type=int, default=None,
-                   help="stop after this epoch, e.g. to split a run across jobs; the learning-rate "
-                        "schedule still spans --epochs")
+    p.add_argument("--resume", action="store_true", help="continue from --save if it exists (same flags)")
+    p.add_argument("--stop-after", type=common.positive_int, default=None,
+                   help="stop after this epoch, e.g. to split a run across jobs; the schedule still spans --epochs")
     return p
 
 
+@common.cli
 def main(argv=None):
     args = parser().parse_args(argv)
-    try:
-        if args.resume and args.save is None:
-            raise ValueError("--resume continues the --save checkpoint; give --save too")
-        torch.manual_seed(args.seed)  # the model's initial weights
-        data = load_data(args.dataset, args.data_dir, args.split, args.download, args.device,
-                         val_size=args.val_size, cache_dir=args.cache_dir)
-        model, config, theta = build_model(args, data)
-        tau = args.tau if args.tau is not None else theta.get("tau", TAU)
-        alpha = (args.alpha if args.alpha is not None else
-                 theta.get("alpha", ALPHA if args.teacher is not None else 0.0))
-        teacher = None
-        if alpha > 0:
-            if args.teacher is None:
-                raise ValueError(f"KD weight alpha = {alpha} needs --teacher (or pass --alpha 0)")
-            import teachers
-            teacher = teachers.load(args.teacher, args.dataset, data.num_classes, args.device)
-        config.update(teacher=args.teacher, data_dir=args.data_dir, val_size=args.val_size)
-        result = fit(model, data, args.epochs, teacher, tau, alpha, args.device, args.seed,
-                     batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-                     weight_decay=args.weight_decay, grad_clip=args.grad_clip,
-                     aux_weight=args.aux_weight, amp=args.amp,
-                     channels_last={"on": True, "off": False}.get(args.channels_last, "auto"),
-                     cutout=args.cutout, eval_every=args.eval_every, workers=args.workers,
-                     save=args.save, resume=args.resume, stop_after=args.stop_after, config=config)
-        import generator
-        summary = {k: v for k, v in result.items() if k != "history"}
-        summary["profile"] = generator.profile(model, data.image_size, args.device)
-    except (ValueError, OSError) as e:  # a user's mistake: one sentence, no traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if args.resume and args.save is None:
+        raise common.UserError("--resume continues the --save checkpoint; give --save too")
+    if args.save is not None:
+        if Path(args.save).exists() and not args.resume:
+            raise common.UserError(f"{args.save} already exists; pass --resume to continue it or delete it")
+        common.check_writable(args.save, "--save")
+    data = load_data(args.dataset, args.data_dir, args.split, args.download, args.device,
+                     val_size=args.val_size, cache_dir=args.cache_dir)
+    torch.manual_seed(args.seed)  # the model's initial weights
+    model, config, theta = build_model(args, data)
+    tau = args.tau if args.tau is not None else theta.get("tau", TAU)
+    alpha = args.alpha if args.alpha is not None else theta.get("alpha", ALPHA if args.teacher is not None else 0.0)
+    check_kd_params(tau, alpha)
+    teacher = None
+    if alpha > 0:
+        if args.teacher is None:
+            raise common.UserError(f"KD weight alpha = {alpha} needs --teacher (or pass --alpha 0)")
+        import teachers
+        teacher = teachers.load(args.teacher, args.dataset, data.num_classes, args.device)
+    config.update(teacher=args.teacher, data_dir=args.data_dir, val_size=args.val_size)
+    protocol = Protocol(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                        weight_decay=args.weight_decay, grad_clip=args.grad_clip, aux_weight=args.aux_weight,
+                        cutout=args.cutout, eval_every=args.eval_every, bn_batches=args.bn_batches,
+                        amp=args.amp, channels_last=args.channels_last, capture=args.capture)
+    result = fit(model, data, protocol, teacher, tau, alpha, device=args.device, seed=args.seed,
+                 save=args.save, resume=args.resume, stop_after=args.stop_after, config=config,
+                 workers=args.workers)
+    summary = {k: v for k, v in result.items() if k != "history"}
+    summary["profile"] = generator.profile(model, data.image_size, args.device)
     print(json.dumps(summary))
     if result["failed"]:
-        print(f"error: run failed: {result['error']}", file=sys.stderr)
-        return 1
-    return 0
+        raise common.UserError(f"run failed: {result['error']}")
 
 
 if __name__ == "__main__":

@@ -6,8 +6,11 @@
 A checkpoint describes itself (config["arch"], ["arch_options"], ["dataset"], ["num_classes"]), so a
 teacher trained for another data set or class count is refused instead of silently distilling noise.
 """
+from pathlib import Path
+
 import torch
 
+import common
 from . import darts, inception_resnet_v2
 
 BUILDERS = {"darts": darts.build, "inception_resnet_v2": inception_resnet_v2.build}
@@ -20,7 +23,7 @@ def build(name, num_classes, **options):
     """A new teacher network. darts options: width=36, layers=20, auxiliary=True, drop_path_prob=0.2;
     inception_resnet_v2 options: pretrained=False."""
     if name not in BUILDERS:
-        raise ValueError(f"unknown teacher {name!r}: choose one of {', '.join(BUILDERS)}")
+        raise common.UserError(f"unknown teacher {name!r}: choose one of {', '.join(BUILDERS)}")
     return BUILDERS[name](num_classes, **options)
 
 
@@ -33,34 +36,37 @@ def _train_hint(dataset):
 def load(path, dataset, num_classes, device="cpu"):
     """The teacher saved by train.py at `path`, on `device`, in eval mode.
 
-    Raises ValueError, in one sentence naming the fix, when the file is missing or unreadable, holds no
-    teacher, or was trained for another data set or number of classes than (dataset, num_classes)."""
+    Raises a UserError, in one sentence naming the fix, when the file is missing or unreadable, holds
+    no teacher, was trained for another data set or number of classes than (dataset, num_classes), or
+    holds weights that are not finite (a diverged training)."""
+    if not Path(path).is_file():
+        raise common.UserError(f"there is no teacher checkpoint at {path}: {_train_hint(dataset)}")
     try:
-        checkpoint = torch.load(path, map_location=device, weights_only=True)
-    except FileNotFoundError:
-        raise ValueError(f"there is no teacher checkpoint at {path}: {_train_hint(dataset)}") from None
-    except Exception as error:
-        raise ValueError(f"{path} is not a readable train.py checkpoint ({type(error).__name__}): "
-                         f"{_train_hint(dataset)}") from None
-    config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+        checkpoint = common.load_checkpoint(path, map_location=device, what="train.py checkpoint")
+    except common.CheckpointError:
+        raise common.UserError(f"{path} is not a readable train.py checkpoint: {_train_hint(dataset)}") from None
+    config = checkpoint.get("config")
     if not isinstance(config, dict) or "model" not in checkpoint:
-        raise ValueError(f"{path} is not a train.py checkpoint (it has no config or model): "
-                         f"{_train_hint(dataset)}")
+        raise common.UserError(f"{path} is not a train.py checkpoint (it has no config or model): "
+                               f"{_train_hint(dataset)}")
     arch = config.get("arch")
     if arch not in BUILDERS:
-        raise ValueError(f"{path} holds a {arch!r} network, not a teacher ({', '.join(BUILDERS)}): "
-                         f"{_train_hint(dataset)}")
+        raise common.UserError(f"{path} holds a {arch!r} network, not a teacher ({', '.join(BUILDERS)}): "
+                               f"{_train_hint(dataset)}")
     if (config.get("dataset"), config.get("num_classes")) != (dataset, num_classes):
-        raise ValueError(f"{path} was trained on {config.get('dataset')} ({config.get('num_classes')} "
-                         f"classes), not {dataset} ({num_classes} classes): {_train_hint(dataset)}")
+        raise common.UserError(f"{path} was trained on {config.get('dataset')} ({config.get('num_classes')} "
+                               f"classes), not {dataset} ({num_classes} classes): {_train_hint(dataset)}")
     options = dict(config.get("arch_options", {}))
     options.pop("pretrained", None)  # the checkpoint has the weights: nothing to download
     model = build(arch, num_classes, **options)
-    # A torch.compile'd model saves its weights under "_orig_mod."; the plain module takes them as is.
-    state = {k.removeprefix("_orig_mod."): v for k, v in checkpoint["model"].items()}
+    state = checkpoint["model"]
+    broken = [k for k, v in state.items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]
+    if broken:
+        raise common.UserError(f"{path} holds non-finite weights ({broken[0]} and {len(broken) - 1} more): its "
+                               f"training diverged; {_train_hint(dataset)}")
     try:
         model.load_state_dict(state)
     except RuntimeError:
-        raise ValueError(f"{path} holds weights that do not fit its own config (arch {arch!r}, options "
-                         f"{options}): the file was altered; {_train_hint(dataset)}") from None
+        raise common.UserError(f"{path} holds weights that do not fit its own config (arch {arch!r}, options "
+                               f"{options}): the file was altered; {_train_hint(dataset)}") from None
     return model.to(device).eval()

@@ -11,7 +11,7 @@ head, the count the DARTS paper's Table 1 rounds to 3.3 M (tests/test_teachers.p
 
 Train it with the repository's training loop (600 epochs reach about 97.2 % on CIFAR-10):
 
-    python train.py --arch darts --dataset cifar10
+    python train.py --arch darts --dataset cifar10 --split final --download --save teacher.pt
 
 Width and depth are options, so the offline demo can train a small one on the bundled digits set
 (16x16 images: the reductions give 16 -> 8 -> 4).
@@ -113,7 +113,10 @@ OPS = {
 def drop_path(x, drop_prob):
     """Drop path (DARTS's evaluation setting, after NASNet's ScheduledDropPath): zero an operation's whole
     output for each sample independently with probability drop_prob and scale the survivors by
-    1 / (1 - drop_prob). drop_prob is a 0-dim tensor; at 0 the mask is all ones and x is unchanged."""
+    1 / (1 - drop_prob). drop_prob is a 0-dim tensor; at 0 the mask is all ones and x is unchanged.
+    This is torchvision.ops.stochastic_depth (mode "row") with the probability read from a tensor:
+    stochastic_depth takes a Python float, which a training step captured as a CUDA graph
+    (train.KDStep) would freeze at its first value, while DARTS ramps it every epoch."""
     keep = 1.0 - drop_prob
     mask = torch.empty(x.shape[0], 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)  # (B, 1, 1, 1)
     return x * mask / keep

@@ -4,7 +4,7 @@ AutoKD (Sec. 4) follows Liu et al. (2019b) and distils from Inception-ResNet-V2 
 "Inception-v4, Inception-ResNet and the Impact of Residual Connections on Learning", AAAI 2017) on the
 large-image data sets. timm is an optional dependency, imported only when this teacher is asked for.
 
-    python train.py --arch inception_resnet_v2 --dataset mit67 --data-dir ...
+    python train.py --arch inception_resnet_v2 --dataset mit67 --data-dir data/mit67 --split final --save teacher.pt
 """
 
 

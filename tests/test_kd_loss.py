@@ -72,10 +72,11 @@ def test_bf16_inputs_give_the_float32_answer():
 
 
 @pytest.mark.parametrize("tau,alpha", [(0.5, 0.5), (11.0, 0.5), (4.0, -0.1), (4.0, 1.5),
-                                       (float("nan"), 0.5)])
-def test_out_of_range_is_refused(tau, alpha):
+                                       (float("nan"), 0.5), ("3", 0.5), (True, 0.5), (4.0, None)])
+def test_out_of_range_or_not_a_number_is_refused(tau, alpha):
+    """A boolean is not a number (True would otherwise be used as 1), nor is a string."""
     s, t, y = logits(4)
-    with pytest.raises(ValueError, match="outside the paper's range"):
+    with pytest.raises(ValueError, match=r"outside its range|must be a number in \["):
         kd_loss(torch.tensor(s), torch.tensor(t), torch.tensor(y), tau, alpha)
 
 

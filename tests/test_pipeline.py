@@ -12,8 +12,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import search  # noqa: E402
 import train  # noqa: E402
+import workers  # noqa: E402
 
 # 1 iteration of budgets 1 -> 2 epochs with η = 2: 2 @ 1 -> 1 @ 2, then 2 @ 2: 5 trainings
 TINY = ["--dataset", "digits", "--min-budget", "1", "--max-budget", "2", "--iterations", "1",
@@ -79,7 +79,7 @@ def test_search_retrain_report_end_to_end(tmp_path, teacher):
     assert summary["teacher"]["params"] > 0 and "±" in r.stdout
     again = cli("retrain.py", "--theta", str(out / "best.json"), "--k", "2", "--epochs", "1",
                 "--out", str(tmp_path / "retrain"))  # finished students are read, not retrained
-    assert again.returncode == 0 and "retraining 0 of 2 students" in again.stdout
+    assert again.returncode == 0 and "retraining 0 of 2 x 1 students" in again.stdout
 
     rep = cli("report.py", str(out), "--retrain", str(tmp_path / "retrain"), "--out", str(tmp_path / "fig"))
     assert rep.returncode == 0, rep.stderr
@@ -134,7 +134,7 @@ def square(x):
 
 def test_a_dead_worker_costs_one_evaluation_not_the_pool():
     settings = {"dataset": "digits", "data_dir": None, "split": "search", "val_size": None, "no_kd": True}
-    pool = search.DevicePool(["cpu", "cpu"], settings)
+    pool = workers.Pool([("cpu", 1), ("cpu", 1)], workers.init_worker, (settings,))
     try:
         assert pool.submit(square, 3).result() == 9
         with pytest.raises(RuntimeError, match="simulated"):
@@ -165,7 +165,7 @@ def test_failed_evaluations_are_logged_as_inf_and_the_search_goes_on(tmp_path):
     ("search.py", ["--dataset", "digits", "--no-kd", "--max-params", "60000"], "does not fit --max-params"),
     ("search.py", ["--dataset", "digits", "--no-kd", "--gpus", "64"], "more GPUs than"),
     ("retrain.py", ["--theta", "/no/such/best.json"], "cannot read --theta"),
-    ("retrain.py", ["--theta", "{BAD"], "cannot read --theta"),
+    ("retrain.py", ["--theta", "{BAD"], "--theta (inline JSON) is not valid JSON"),
     ("report.py", ["/no/such/folder"], "has no results.jsonl"),
 ])
 def test_cli_errors(tmp_path, script, args, fragment):

@@ -184,10 +184,9 @@ def test_checkpoint_round_trip(tmp_path, trained_teacher):
         torch.testing.assert_close(loaded(x), trained_teacher(x), rtol=0, atol=0)
 
 
-def test_checkpoint_from_compiled_channels_last_model(tmp_path, trained_teacher):
-    # torch.compile prefixes every key with "_orig_mod."; channels_last only changes strides.
-    state = {"_orig_mod." + k: v for k, v in trained_teacher.to(memory_format=torch.channels_last)
-             .state_dict().items()}
+def test_checkpoint_from_a_channels_last_model(tmp_path, trained_teacher):
+    # channels_last (the GPU default) only changes strides
+    state = trained_teacher.to(memory_format=torch.channels_last).state_dict()
     path = tmp_path / "compiled.pt"
     write_checkpoint(path, trained_teacher, state=state)
     loaded = teachers.load(path, "digits", 10)
@@ -234,6 +233,17 @@ def test_load_refuses_missing_corrupt_and_inconsistent_files(tmp_path):
     torch.save({"weights": {}}, bare)
     with pytest.raises(ValueError, match="is not a train.py checkpoint"):
         teachers.load(bare, "cifar10", 10)
+
+
+def test_load_refuses_non_finite_weights(tmp_path, trained_teacher):
+    """A diverged teacher is refused when loaded, not blamed later on the students' configuration."""
+    state = {k: v.clone() for k, v in trained_teacher.state_dict().items()}
+    name = next(k for k, v in state.items() if v.is_floating_point())
+    state[name].view(-1)[0] = float("nan")
+    path = tmp_path / "nan.pt"
+    write_checkpoint(path, trained_teacher, state=state)
+    with pytest.raises(ValueError, match=f"holds non-finite weights \\({name}"):
+        teachers.load(path, "digits", 10)
 
 
 # ----------------------------------------------------------------------------------------------------

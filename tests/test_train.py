@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+import common
 import data as D
 import train as T
 
@@ -69,7 +70,9 @@ def test_crop_flip_outputs_are_crops_of_the_padded_image():
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8, generator=g)
     order = torch.randperm(64, generator=g)
-    out = D.crop_flip(D.padded_views(x, 2, True), order, 2, g).numpy()
+    out, views = D.crop_flip(D.padded_views(x, 2, True), order, 2, g)
+    out = out.numpy()
+    assert views[:, 0].tolist() == order.tolist()  # each row says which view of which image it is
     padded = np.pad(x.numpy(), ((0, 0), (0, 0), (2, 2), (2, 2)))
     found = []
     for i, j in enumerate(order.tolist()):
@@ -77,6 +80,8 @@ def test_crop_flip_outputs_are_crops_of_the_padded_image():
                 if np.array_equal(out[i], (lambda c: c[..., ::-1] if f else c)(
                     padded[j, :, dy:dy + 8, dx:dx + 8]))]
         assert hits, f"output {i} is no crop of input {j}"
+        _, mirror, dy, dx = views[i].tolist()  # the view it names: the mirror's crop at dx is the
+        assert ((dy, 4 - dx, True) if mirror else (dy, dx, False)) in hits  # crop at 2p - dx, flipped
         found.append(hits[0])
     assert len({(dy, dx) for dy, dx, _ in found}) > 10
     assert 10 < sum(f for *_, f in found) < 54
@@ -85,7 +90,7 @@ def test_crop_flip_outputs_are_crops_of_the_padded_image():
 def test_no_flip_preset_never_flips():
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, 256, (32, 3, 6, 6), dtype=torch.uint8, generator=g)
-    assert torch.equal(D.crop_flip(D.padded_views(x, 0, False), torch.arange(32), 0, g), x)
+    assert torch.equal(D.crop_flip(D.padded_views(x, 0, False), torch.arange(32), 0, g)[0], x)
     assert D.PRESETS["digits"].flip is False and D.PRESETS["cifar10"].flip is True
 
 
@@ -211,11 +216,12 @@ def test_mit67_official_split_through_a_dataloader(tmp_path):
     assert len(final.train) == len(train) and len(final.test) == len(test)
     listed = {p.split("/", 1)[1] for p in test}
     assert {s[0].rsplit("/", 1)[1] for s in final.test.folder.samples} >= listed
-    x, y = next(D.batches(final, final.test, 4, train=False, workers=0))
+    x, y, views = next(D.batches(final, final.test, 4, train=False, workers=0))
+    assert views is None  # random-resized crops are no finite set of views
     assert x.shape == (4, 3, 224, 224) and x.dtype == torch.float32
     torch.manual_seed(0)
     net = Tiny(num_classes=67)
-    result = T.fit(net, final, 1, batch_size=2, workers=1, log=quiet)
+    result = T.fit(net, final, T.Protocol(epochs=1, batch_size=2), workers=1, log=quiet)
     assert not result["failed"] and result["eval_split"] == "test"
     search = D.load_data("mit67", tmp_path, "search", val_size=2)
     assert search.test is None and len(search.train) == 3 and len(search.val) == 2
@@ -247,26 +253,27 @@ def test_digits_splits(digits):
 def test_resume_gives_the_same_weights_as_straight(digits, tmp_path):
     """2 epochs, stop, resume for 2 more == 4 epochs straight, bitwise (KD, aux head, drop path)."""
     teacher = model(seed=9)
-    kw = dict(teacher=teacher, tau=3.0, alpha=0.5, seed=3, cutout=4, log=quiet)
+    kw = dict(teacher=teacher, tau=3.0, alpha=0.5, seed=3, log=quiet)
+    four = T.Protocol(epochs=4, cutout=4)
     straight = model(auxiliary=True, drop_path_prob=0.3)
-    r_straight = T.fit(straight, digits, 4, **kw)
+    r_straight = T.fit(straight, digits, four, **kw)
     ckpt = tmp_path / "run.pt"
     first = model(auxiliary=True, drop_path_prob=0.3)
-    T.fit(first, digits, 4, save=ckpt, stop_after=2, **kw)
+    T.fit(first, digits, four, save=ckpt, stop_after=2, **kw)
     assert T.load_checkpoint(ckpt)["epoch"] == 2
     torch.manual_seed(12345)  # a different global RNG state: the checkpoint must restore it
     resumed = model(seed=5, auxiliary=True, drop_path_prob=0.3)  # other initial weights too
-    r_resumed = T.fit(resumed, digits, 4, save=ckpt, resume=True, **kw)
+    r_resumed = T.fit(resumed, digits, four, save=ckpt, resume=True, **kw)
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
     assert r_resumed["epochs"] == 4 and r_resumed["accuracy"] == r_straight["accuracy"]
     state = T.load_checkpoint(ckpt)
     assert state["epoch"] == 4 and state["config"]["tau"] == 3.0 and state["versions"]["torch"]
-    with pytest.raises(T.CheckpointError, match="alpha"):
-        T.fit(model(auxiliary=True, drop_path_prob=0.3), digits, 4, save=ckpt, resume=True,
+    with pytest.raises(common.CheckpointError, match="alpha 0.5 there, 0.7 now"):
+        T.fit(model(auxiliary=True, drop_path_prob=0.3), digits, four, save=ckpt, resume=True,
               **{**kw, "alpha": 0.7})
     with pytest.raises(ValueError, match="--resume"):
-        T.fit(model(), digits, 4, save=ckpt, log=quiet)
+        T.fit(model(), digits, four, save=ckpt, log=quiet)
 
 
 def test_cosine_schedule_and_drop_path_ramp(digits):
@@ -274,7 +281,7 @@ def test_cosine_schedule_and_drop_path_ramp(digits):
     seen = []
     forward = net.forward
     net.forward = lambda x: (seen.append(net.drop_path_prob), forward(x))[1]
-    result = T.fit(net, digits, 4, batch_size=48, log=quiet)
+    result = T.fit(net, digits, T.Protocol(epochs=4, batch_size=48), log=quiet)
     # lr after each epoch: 0.025 * 48/96 * (1 + cos(pi e / 4)) / 2
     for row in result["history"]:
         expected = 0.0125 * (1 + math.cos(math.pi * row["epoch"] / 4)) / 2
@@ -283,22 +290,23 @@ def test_cosine_schedule_and_drop_path_ramp(digits):
 
 
 def test_training_learns_and_reports(digits):
-    result = T.fit(model(), digits, 8, seed=0, batch_size=32, lr=0.2, log=quiet)
+    result = T.fit(model(), digits, T.Protocol(epochs=8, batch_size=32, lr=0.2), seed=0, log=quiet)
     assert not result["failed"] and result["error"] is None and result["epochs"] == 8
     assert result["accuracy"] > 0.6  # chance is 0.1; this 8-channel net reaches about 0.8
     assert result["images_per_s"] > 0 and result["wall_s"] > 0
 
 
 def test_bf16_autocast_on_cpu(digits):
-    result = T.fit(model(), digits, 1, teacher=model(seed=1), alpha=0.5, amp="bf16", log=quiet)
+    result = T.fit(model(), digits, T.Protocol(epochs=1, amp="bf16"), teacher=model(seed=1), alpha=0.5,
+                   log=quiet)
     assert not result["failed"] and result["config"]["amp"] == "bf16"
     with pytest.raises(ValueError, match="CUDA"):
-        T.fit(model(), digits, 1, amp="fp16", log=quiet)
+        T.fit(model(), digits, T.Protocol(epochs=1, amp="fp16"), log=quiet)
 
 
-def test_evaluate_matches_a_plain_forward(digits):
+def test_score_matches_a_plain_forward(digits):
     net = model().eval()
-    acc, loss = T.evaluate(net, digits, digits.val, 64, T.nullcontext(), torch.contiguous_format)
+    acc, loss = T.score(net, digits, digits.val, 64)
     with torch.no_grad():
         logits = net(D.normalise(digits.val.x, digits.preset))
     assert acc == pytest.approx((logits.argmax(1) == digits.val.y).float().mean().item())
@@ -311,31 +319,31 @@ class NaNNet(Tiny):
 
 
 def test_nan_loss_is_a_failed_run_not_a_crash(digits):
-    result = T.fit(NaNNet(), digits, 3, log=quiet)
+    result = T.fit(NaNNet(), digits, T.Protocol(epochs=3), log=quiet)
     assert result["failed"] and result["accuracy"] is None and "nan" in result["error"]
     assert result["epochs"] == 0
 
 
 def test_teacher_with_other_classes_is_refused(digits):
     with pytest.raises(ValueError, match="same data set"):
-        T.fit(model(), digits, 1, teacher=Tiny(num_classes=100), alpha=0.5, log=quiet)
+        T.fit(model(), digits, T.Protocol(epochs=1), teacher=Tiny(num_classes=100), alpha=0.5, log=quiet)
     with pytest.raises(ValueError, match="needs a teacher"):
-        T.fit(model(), digits, 1, alpha=0.5, log=quiet)
+        T.fit(model(), digits, T.Protocol(epochs=1), alpha=0.5, log=quiet)
 
 
 def test_corrupt_checkpoint_is_one_sentence(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(T.CheckpointError, match="not a readable checkpoint"):
+    with pytest.raises(common.CheckpointError, match="not a readable checkpoint"):
         T.load_checkpoint(bad)
     torch.save({"x": torch.zeros(1)}, bad)
-    with pytest.raises(T.CheckpointError, match="not a train.py checkpoint"):
+    with pytest.raises(common.CheckpointError, match="not a train.py checkpoint"):
         T.load_checkpoint(bad)
 
 
 def test_checkpoint_write_is_atomic(tmp_path):
     path = tmp_path / "c.pt"
-    T.save_checkpoint(path, {"model": {}, "epoch": 1, "config": {}})
+    common.save_checkpoint(path, {"model": {}, "epoch": 1, "config": {}})
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
     assert T.load_checkpoint(path)["epoch"] == 1
 

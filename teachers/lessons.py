@@ -1,0 +1,85 @@
+"""The teacher's lessons computed once: its logits for every view of every training image.
+
+The paper names "the lessons computed on the fly" as the reason KD training is slower than plain
+training: every step runs the teacher forward. But while the augmentation is a finite set of views
+(random crops of a zero-padded image and horizontal flips, no cutout), the teacher can see each view
+once, before the first student, and every step looks its logits up instead:
+
+    CIFAR (4 px padding, flips):   2 x 9 x 9 = 162 views per image
+                                   45,000 x 162 x 10 logits in bf16 = 146 MB (CIFAR-100: 1.46 GB)
+    digits (2 px padding):         5 x 5 = 25 views per image
+
+A search's students share one table, computed by one worker and saved in the search folder; the
+students of a GPU run in one process (workers.py) and share its copy on that GPU. Where the views are
+not finite (cutout in final CIFAR training, random-resized crops of 224 px images) or the table would
+not fit, the teacher runs live, and the log says so.
+
+    table = compute(teacher, data, autocast, memory_format)   # Lessons, (N, F, 2p+1, 2p+1, K)
+    table(views)                                              # (B, K) for a batch's views (data.batches)
+"""
+import torch
+
+import common
+from data import TensorSplit, normalise
+
+MAX_BYTES = 8 * 2**30  # larger tables fall back to the live teacher
+
+
+class Lessons:
+    """logits (N, F, 2p+1, 2p+1, K): image, mirror, crop offsets dy and dx, class. `key` says what
+    they were computed from, so that a stale file is not used."""
+
+    def __init__(self, logits, key):
+        self.logits, self.key = logits, key
+
+    def __call__(self, views):  # views (B, 4) int64 rows of (image, mirror, dy, dx)
+        image, mirror, dy, dx = views.unbind(1)
+        return self.logits[image, mirror, dy, dx]                      # (B, K)
+
+
+def unusable(data, cutout):
+    """Why the lessons of `data`'s training split cannot be cached (a sentence), or None if they can."""
+    if not isinstance(data.train, TensorSplit):
+        return f"{data.name}'s random-resized crops are not a finite set of views"
+    if cutout:
+        return "cutout makes every view unique"
+    p = data.preset
+    n_views = (2 if p.flip else 1) * (2 * p.pad + 1) ** 2
+    size = len(data.train) * n_views * data.num_classes * 2
+    if size > MAX_BYTES:
+        return f"the table would take {size / 2**30:.1f} GiB"
+    return None
+
+
+def compute(teacher, data, autocast, memory_format, dtype, key, batch_size=1024):
+    """The teacher's logits for every view of data.train, in `dtype` on data.device."""
+    p = data.preset
+    padded = data.train.views(p.pad, p.flip)                          # (F, N, C, H+2p, W+2p)
+    f, n, _, hp, wp = padded.shape
+    h, w, offsets = hp - 2 * p.pad, wp - 2 * p.pad, 2 * p.pad + 1
+    logits = torch.empty(n, f, offsets, offsets, data.num_classes, dtype=dtype, device=data.device)
+    teacher.eval()
+    with torch.inference_mode(), autocast:
+        for mirror in range(f):
+            for dy in range(offsets):
+                for dx in range(offsets):
+                    crops = padded[mirror, :, :, dy:dy + h, dx:dx + w]  # (N, C, H, W), a view
+                    for i in range(0, n, batch_size):
+                        x = normalise(crops[i:i + batch_size], p, memory_format)
+                        logits[i:i + batch_size, mirror, dy, dx] = teacher(x).to(dtype)
+    return Lessons(logits, key)
+
+
+def save(lessons, path):
+    common.save_checkpoint(path, {"logits": lessons.logits.cpu(), "key": lessons.key})
+
+
+def load(path, key, device):
+    """The lessons saved at `path` if they were computed for `key`, else None."""
+    try:
+        state = common.load_checkpoint(path, what="lessons file")
+    except common.CheckpointError:
+        return None
+    if state.get("key") != key or not isinstance(state.get("logits"), torch.Tensor):
+        return None
+    return Lessons(state["logits"].to(device), key)

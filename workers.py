@@ -1,0 +1,319 @@
+"""Where the students train: one worker process per device, each training several students at once.
+
+    pool = Pool(slots(gpus=8, workers=0, workers_per_gpu=4), init_worker, (settings,))
+    future = pool.submit(fn, *args)   # a concurrent.futures.Executor: queued until a slot is free
+
+Each worker process loads the data set and the teacher once, on its device, into `STATE` (the
+initialiser `init_worker`); search.py and retrain.py submit functions that read it. bohb.py drives the
+pool through the Executor interface alone.
+
+Several students per GPU (`--workers-per-gpu N`) are N threads of that GPU's one process, each on its
+own CUDA stream. Kernels of separate processes on one GPU do not run at the same time unless NVIDIA
+MPS runs (without it the GPU time-slices between their contexts); kernels on separate streams of one
+process do, and the students share one copy of the data set, of the teacher and of its lessons. The
+training step is one CUDA graph replay (train.KDStep), so the threads barely contend for Python.
+`python bench/gpu_check.py` measures both ways (bench/RESULTS.md). On the CPU each worker is a
+process of its own with one student, and the cores are split between them.
+
+Faults: a student that fails, CUDA out of memory included, fails its own evaluation only. A worker
+process that dies fails the evaluations it was running and is replaced for the next ones. A worker
+whose parent dies, by kill -9 too, exits at once: its pipe to the parent closes.
+"""
+import collections
+import concurrent.futures as cf
+import fcntl
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+import time
+import traceback
+from contextlib import nullcontext
+
+import torch
+
+import common
+
+STATE = {}  # in a worker process: device, data, teacher, settings (init_worker), lessons
+
+
+class WorkerDied(RuntimeError):
+    """The worker process running an evaluation died (killed, or a crash that took it down)."""
+
+
+class RemoteError(RuntimeError):
+    """An exception raised in a worker that could not be sent back as it was."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# The pool (parent side)
+
+def slots(gpus, workers, workers_per_gpu=1):
+    """[(device, students at once)]: one process per GPU for --gpus N, else --workers CPU processes."""
+    if gpus > 0:
+        available = torch.cuda.device_count()
+        if gpus > available:
+            raise common.UserError(f"--gpus {gpus} asks for more GPUs than the {available} this machine has; "
+                                   f"use --gpus {available}" + (" or --gpus 0 for the CPU" if available else ""))
+        return [(f"cuda:{i}", workers_per_gpu) for i in range(gpus)]
+    return [("cpu", 1)] * workers
+
+
+def add_flags(p):
+    """--gpus, --workers-per-gpu and --workers, shared by search.py and retrain.py."""
+    p.add_argument("--gpus", type=common.nonnegative_int, default=torch.cuda.device_count(),
+                   help="GPUs to use, one worker process each (default: every GPU); 0 trains on the CPU")
+    p.add_argument("--workers-per-gpu", type=common.positive_int, default=WORKERS_PER_GPU,
+                   help="students trained at once on each GPU, each on its own CUDA stream")
+    p.add_argument("--workers", type=common.positive_int, default=min(4, os.cpu_count() or 1),
+                   help="CPU worker processes when --gpus 0, sharing the cores")
+
+
+WORKERS_PER_GPU = 4  # set from bench/gpu_check.py's aggregate throughput (bench/RESULTS.md)
+
+
+class _Worker:
+    def __init__(self, device, slots):
+        self.device, self.slots = device, slots
+        self.process, self.conn, self.running = None, None, {}  # running: task id -> Future
+
+
+class Pool(cf.Executor):
+    """A concurrent.futures.Executor over worker processes, `n` students at once on each device of
+    `slots` [(device, n)]. init(device, *initargs) runs once in each new process."""
+
+    def __init__(self, slots, init=None, initargs=()):
+        self.workers = [_Worker(device, n) for device, n in slots]
+        self.init, self.initargs = init, initargs
+        cpu = sum(n for device, n in slots if device == "cpu")
+        self.threads = max(1, (os.cpu_count() or 1) // cpu) if cpu else 0  # torch threads per CPU student
+        self.context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked workers
+        self.lock = threading.Lock()
+        self.pending = collections.deque()
+        self.next_task, self.closed = 0, False
+
+    @property
+    def size(self):
+        """Evaluations that run at once."""
+        return sum(w.slots for w in self.workers)
+
+    def submit(self, fn, /, *args, **kwargs):
+        future = cf.Future()
+        with self.lock:
+            if self.closed:
+                raise RuntimeError("the pool is shut down")
+            self.pending.append((future, fn, args, kwargs))
+            failed = self.dispatch()
+        settle(failed)
+        return future
+
+    def dispatch(self):
+        """Send queued tasks to free slots (lock held); returns the futures that failed to send."""
+        failed = []
+        while self.pending:
+            worker = next((w for w in self.workers if len(w.running) < w.slots), None)
+            if worker is None:
+                break
+            future, fn, args, kwargs = self.pending.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            if worker.process is None:
+                self.start(worker)
+            task, self.next_task = self.next_task, self.next_task + 1
+            try:
+                worker.conn.send((task, fn, args, kwargs))
+                worker.running[task] = future
+            except (OSError, pickle.PicklingError, AttributeError, TypeError) as error:
+                failed.append((future, RemoteError(f"could not send the task to {worker.device}: {error}")))
+        return failed
+
+    def start(self, worker):
+        parent, child = self.context.Pipe()
+        process = self.context.Process(target=serve, args=(child, worker.device, worker.slots, self.threads,
+                                                           self.init, self.initargs))
+        process.start()
+        child.close()
+        worker.process, worker.conn = process, parent
+        threading.Thread(target=self.listen, args=(worker, process, parent), daemon=True).start()
+
+    def listen(self, worker, process, conn):
+        """Pass a worker's answers to their futures; when its pipe closes, fail what it was running."""
+        while True:
+            try:
+                task, ok, payload = conn.recv()
+            except (EOFError, OSError, pickle.UnpicklingError):
+                break
+            with self.lock:
+                future = worker.running.pop(task, None)
+                failed = self.dispatch() if not self.closed else []
+            settle(failed + ([(future, payload if not ok else None, payload)] if future else []))
+        process.join(timeout=10)
+        with self.lock:
+            lost = worker.running if worker.process is process else {}
+            if worker.process is process:
+                worker.process, worker.conn, worker.running = None, None, {}
+            failed = self.dispatch() if not self.closed else []
+        error = WorkerDied(f"the worker process on {worker.device} died (exit code {process.exitcode}); "
+                           "its evaluations in flight failed")
+        settle(failed + [(future, error) for future in lost.values()])
+
+    def shutdown(self, wait=True, *, cancel_futures=False):
+        """wait=True: let the running tasks finish; wait=False: stop the workers now (Ctrl-C)."""
+        with self.lock:
+            self.closed = True
+            cancelled = list(self.pending) if cancel_futures else []
+            if cancel_futures:
+                self.pending.clear()
+            live = [(w.process, w.conn) for w in self.workers if w.process is not None]
+        for future, *_ in cancelled:
+            future.cancel()
+        for process, conn in live:
+            try:
+                conn.send(None) if wait else process.kill()
+            except OSError:
+                pass
+        for process, _ in live:
+            process.join()
+
+
+def settle(outcomes):
+    """Set futures outside the pool's lock: a done-callback may submit again. Each outcome is
+    (future, exception) or (future, None, result)."""
+    for future, error, *result in outcomes:
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result[0])
+
+
+# ----------------------------------------------------------------------------------------------------
+# The worker process
+
+def serve(conn, device, n_slots, threads, init, initargs):
+    """A worker's main loop: run each task received in one of `n_slots` threads, send its answer."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    if threads:
+        torch.set_num_threads(threads)
+    send_lock, local = threading.Lock(), threading.local()
+
+    def answer(task, ok, payload):
+        try:
+            message = pickle.dumps((task, ok, payload))
+            pickle.loads(message)  # some exceptions pickle but cannot be rebuilt
+        except Exception:  # noqa: BLE001 (an unpicklable result or exception)
+            message = pickle.dumps((task, False, RemoteError(describe(payload))))
+        with send_lock:
+            conn.send_bytes(message)
+
+    def stream():
+        """This thread's own CUDA stream, so that the students of one GPU overlap."""
+        if not device.startswith("cuda"):
+            return nullcontext()
+        if not hasattr(local, "stream"):
+            torch.cuda.set_device(device)
+            local.stream = torch.cuda.Stream(device)
+        return torch.cuda.stream(local.stream)
+
+    def run(task, fn, args, kwargs):
+        try:
+            if startup_error is not None:
+                raise startup_error
+            with stream():
+                result = fn(*args, **kwargs)
+        except BaseException as error:  # noqa: BLE001 (every failure goes back to its future)
+            answer(task, False, error)
+        else:
+            answer(task, True, result)
+
+    startup_error = None
+    try:
+        if init is not None:
+            init(device, *initargs)
+    except Exception as error:  # noqa: BLE001
+        startup_error = RemoteError(f"the worker on {device} could not start: {describe(error)}")
+    with cf.ThreadPoolExecutor(n_slots) as students:
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                os._exit(1)  # the parent is gone: stop at once, running students included
+            if message is None:
+                break  # an orderly shutdown: finish the running students, then exit
+            students.submit(run, *message)
+
+
+def describe(error):
+    return "".join(traceback.format_exception_only(error)).strip() if isinstance(error, BaseException) else repr(error)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Worker state: the data set, the teacher, its lessons
+
+def init_worker(device, settings):
+    """Load the data set (settings["split"]: "search" for search.py, "final" for retrain.py) and the
+    teacher once per worker process."""
+    from data import load_data
+    import teachers
+    data = load_data(settings["dataset"], settings["data_dir"], settings["split"], device=device,
+                     val_size=settings.get("val_size"), cache_dir=settings.get("cache_dir"))
+    teacher = None
+    if settings.get("teacher") and not settings.get("no_kd"):
+        teacher = teachers.load(settings["teacher"], settings["dataset"], data.num_classes, device)
+    STATE.update(device=device, data=data, teacher=teacher, settings=settings, lessons=None,
+                 lock=threading.Lock())
+
+
+def shares_process():
+    """True where several students share this process (their dropout then shares one RNG stream)."""
+    return STATE["device"].startswith("cuda") and STATE["settings"].get("workers_per_gpu", 1) > 1
+
+
+def teacher(protocol):
+    """What a student of this worker distils from: the teacher's lessons looked up (computed once,
+    see prepare), else the teacher itself; None for a run without KD."""
+    if STATE["teacher"] is None:
+        return None
+    path = STATE["settings"].get("lessons")
+    if path is None:
+        return STATE["teacher"]
+    with STATE["lock"]:
+        if STATE["lessons"] is None:
+            STATE["lessons"] = lessons_table(path, protocol)[0]
+    return STATE["lessons"]
+
+
+def lessons_table(path, protocol):
+    """(Lessons, seconds spent computing them): loaded from `path` if they fit this run, else
+    computed with this worker's teacher and saved there. A file lock keeps the workers of one
+    machine from computing them twice."""
+    import train
+    from teachers import lessons
+    data, device = STATE["data"], torch.device(STATE["device"])
+    amp, autocast, memory_format = train.precision(protocol, device)
+    key = {**STATE["settings"]["lessons_key"], "amp": amp, "train_size": len(data.train)}
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        table = lessons.load(path, key, device)
+        if table is not None:
+            return table, 0.0
+        start = time.perf_counter()
+        dtype = torch.bfloat16 if amp == "bf16" else torch.float32
+        table = lessons.compute(STATE["teacher"], data, autocast, torch.channels_last, dtype, key)
+        lessons.save(table, path)
+        return table, time.perf_counter() - start
+
+
+def prepare(protocol):
+    """Run once before the first student: the teacher's accuracy on the split the students are
+    scored on, and its lessons computed (or loaded) when the settings ask for them."""
+    import train
+    data, device = STATE["data"], torch.device(STATE["device"])
+    _, autocast, _ = train.precision(protocol, device)
+    accuracy, _ = train.score(STATE["teacher"], data, data.eval, 4 * protocol.batch_size, autocast,
+                              torch.channels_last)
+    seconds = 0.0
+    if STATE["settings"].get("lessons"):
+        with STATE["lock"]:
+            STATE["lessons"], seconds = lessons_table(STATE["settings"]["lessons"], protocol)
+    return {"accuracy": accuracy, "lessons_s": seconds}

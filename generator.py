@@ -307,8 +307,9 @@ class LiveTensorBytes(TorchDispatchMode):
 def profile(model, image_size, device="cpu", batch_size=8):
     """Parameters used for inference (counted by name without a training-only auxiliary head, as
     DARTS does), MACs per image (torch's FLOP counter: a multiply-add is 2 FLOPs) and peak activation
-    memory per image for inference (MiB): CUDA memory statistics on a GPU, an exact account of live
-    tensor bytes (LiveTensorBytes) on the CPU. The input batch itself is not counted."""
+    memory per image for inference (MiB) as an exact account of live tensor bytes (LiveTensorBytes),
+    the same on every device: CUDA's allocator statistics would also count the other students that
+    share the GPU, and the allocator's rounding. The input batch itself is not counted."""
     from torch.utils.flop_counter import FlopCounterMode
     device = torch.device(device)
     was_training = model.training
@@ -320,18 +321,10 @@ def profile(model, image_size, device="cpu", batch_size=8):
         with counter:
             model(x[:1])
         macs = counter.get_total_flops() // 2
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            before = torch.cuda.memory_allocated(device)
+        counter = LiveTensorBytes([x, *model.parameters(), *model.buffers()])
+        with counter:
             model(x)
-            torch.cuda.synchronize(device)
-            peak = torch.cuda.max_memory_allocated(device) - before
-        else:
-            counter = LiveTensorBytes([x, *model.parameters(), *model.buffers()])
-            with counter:
-                model(x)
-            peak = counter.peak
+        peak = counter.peak
     model.train(was_training)
     return {"params": params, "macs": int(macs), "memory_mb": peak / batch_size / 2**20}
 

@@ -83,6 +83,9 @@ def precision(protocol, device):
 # ----------------------------------------------------------------------------------------------------
 # The KD step (Alg. 1 line 7, Eq. 2): eager, or captured once as a CUDA graph and replayed
 
+CAPTURE_LOCK = threading.Lock()
+BUILD_LOCK = threading.Lock()  # seeding the initial weights touches the global RNG
+
 class KDStep:
     """One training step: the teacher's lesson (looked up, or computed live), the student's forward
     pass, L_KD of Eq. 2, backward, gradient clipping, SGD.
@@ -92,16 +95,16 @@ class KDStep:
     step, and one Python dispatch each is what bounds the step otherwise. The recording needs
     warm-up steps; the weights, buffers and momentum are put back after them, so the captured run
     trains like the eager one. A short last batch runs eagerly on the same tensors. If recording
-    fails, the step says so once through `log` and stays eager."""
+    fails, the step says so once on stderr, stays eager, and fit's result records it."""
 
     def __init__(self, model, optimizer, scaler, autocast, protocol, tau, alpha, teacher=None,
-                 capture=False, log=print):
+                 capture=False):
         self.model, self.optimizer, self.scaler, self.autocast = model, optimizer, scaler, autocast
         self.tau, self.alpha, self.teacher = tau, alpha, teacher
         self.aux_weight, self.grad_clip = protocol.aux_weight, protocol.grad_clip
-        self.batch_size, self.can_capture, self.log = protocol.batch_size, capture, log
+        self.batch_size, self.can_capture = protocol.batch_size, capture
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.graph, self.static = None, None
+        self.graph, self.static, self.failure = None, None, None
 
     def loss(self, x, y, lesson):
         """L_KD of a batch: x (B, 3, S, S), y (B,), lesson (B, K) or None (computed live, or α = 0)."""
@@ -143,6 +146,12 @@ class KDStep:
     def capture(self, x, y, lesson):
         self.can_capture = False  # one attempt
         saved = {k: v.clone() for k, v in self.model.state_dict().items()}
+        # One recording at a time in a process: torch.cuda.graph synchronises the device and empties
+        # the allocator's cache as it starts, which must not happen inside another student's recording.
+        with CAPTURE_LOCK:
+            self.record(x, y, lesson, saved)
+
+    def record(self, x, y, lesson, saved):
         try:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -160,8 +169,9 @@ class KDStep:
             self.graph = graph
         except Exception as error:  # noqa: BLE001 (any failure: train eagerly instead)
             self.graph, self.static = None, None
-            self.log(f"capturing the training step as a CUDA graph failed ({common.describe(error)}); "
-                     f"training eagerly")
+            self.failure = common.describe(error)
+            print(f"warning: capturing the training step as a CUDA graph failed ({self.failure}); "
+                  f"training eagerly", file=sys.stderr, flush=True)
         with torch.no_grad():  # undo the warm-up: the run starts from the initial weights
             for k, v in self.model.state_dict().items():
                 v.copy_(saved[k])
@@ -271,10 +281,9 @@ def fit(model, data, protocol=Protocol(), teacher=None, tau=TAU, alpha=0.0, *, d
     peak = protocol.lr * protocol.batch_size / Protocol.batch_size
     optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate(peak, device, capture), fused=True,
                                 momentum=protocol.momentum, weight_decay=protocol.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=protocol.epochs, eta_min=0.0)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-    step = KDStep(model, optimizer, scaler, autocast, protocol, tau, alpha, live, capture, log)
-    parts = (model, optimizer, scheduler, scaler)
+    step = KDStep(model, optimizer, scaler, autocast, protocol, tau, alpha, live, capture)
+    parts = (model, optimizer, scaler)
     cuda = [device] if device.type == "cuda" and own_rng else []
 
     with torch.random.fork_rng(devices=cuda, enabled=own_rng):
@@ -286,6 +295,7 @@ def fit(model, data, protocol=Protocol(), teacher=None, tau=TAU, alpha=0.0, *, d
             if not resume:
                 raise common.UserError(f"{save} already exists; pass --resume to continue it or delete it")
             history, clock, start = restore(save, cfg, parts, gen, device, capture, log)
+        set_lr(optimizer, cosine(peak, start, protocol.epochs))
         session_start, failed = time.perf_counter(), None
         for epoch in range(start, end):
             t0 = time.perf_counter()
@@ -294,7 +304,7 @@ def fit(model, data, protocol=Protocol(), teacher=None, tau=TAU, alpha=0.0, *, d
             # Alg. 1 line 7: one epoch of L_KD; the learning rate follows a cosine per epoch
             loss, train_accuracy, seen = train_epoch(step, data, protocol, gen, cutout, lessons,
                                                      workers, memory_format)
-            scheduler.step()
+            set_lr(optimizer, cosine(peak, epoch + 1, protocol.epochs))
             train_s = time.perf_counter() - t0
             if not math.isfinite(loss):
                 failed = (f"the training loss became {loss} in epoch {epoch + 1}; lower --lr or try "
@@ -316,6 +326,8 @@ def fit(model, data, protocol=Protocol(), teacher=None, tau=TAU, alpha=0.0, *, d
             if save is not None:
                 checkpoint(save, parts, epoch + 1, history, clock, gen, device, cfg)
 
+    cfg["capture"] = step.graph is not None if capture and history else capture  # what really ran
+    cfg["capture_error"] = step.failure
     last = history[-1] if history else {}
     if failed is None and history and "accuracy" not in last:  # a resumed run that had just ended
         last["accuracy"], last["eval_loss"] = score(model, data, data.eval, 4 * protocol.batch_size,
@@ -335,13 +347,28 @@ def learning_rate(value, device, capture):
     return torch.tensor(float(value), device=device) if capture else float(value)
 
 
+def cosine(peak, epoch, epochs):
+    """SGDR's cosine without restarts (DARTS's schedule): the learning rate of epoch `epoch`."""
+    return peak * (1 + math.cos(math.pi * epoch / epochs)) / 2
+
+
+def set_lr(optimizer, value):
+    """Set the learning rate in place: a captured step reads the same tensor at every replay."""
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(value)
+        else:
+            group["lr"] = value
+
+
 def checkpoint(path, parts, epoch, history, clock, gen, device, cfg):
-    """Everything a run needs to continue exactly: model, optimiser, schedule, scaler, RNG states."""
-    model, optimizer, scheduler, scaler = parts
+    """Everything a run needs to continue exactly: model, optimiser, scaler, RNG states (the learning
+    rate follows from the epoch)."""
+    model, optimizer, scaler = parts
     cuda = device.type == "cuda"
     common.save_checkpoint(path, {
         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
         "epoch": epoch, "history": history, "clock": clock,
         "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if cuda else None,
                 "data": gen.get_state()},
@@ -350,7 +377,7 @@ def checkpoint(path, parts, epoch, history, clock, gen, device, cfg):
 
 def restore(path, cfg, parts, gen, device, capture, log):
     """Load a checkpoint written by `checkpoint` into the run's parts; returns (history, clock, epoch)."""
-    model, optimizer, scheduler, scaler = parts
+    model, optimizer, scaler = parts
     state = load_checkpoint(path)  # on the CPU: RNG states must be CPU tensors
     common.check_resume(state["config"], cfg, RESUME_KEYS, path, "resume with the same settings, or start a new "
                         "file", error=common.CheckpointError)
@@ -362,7 +389,6 @@ def restore(path, cfg, parts, gen, device, capture, log):
     optimizer.load_state_dict(state["optimizer"])
     for group in optimizer.param_groups:  # a float or a device tensor, as this run's step needs
         group["lr"] = learning_rate(group["lr"], device, capture)
-    scheduler.load_state_dict(state["scheduler"])
     if state["scaler"] is not None:
         scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"]["torch"])
@@ -393,7 +419,6 @@ def progress_line(row, epochs, split, eta_s):
 # ----------------------------------------------------------------------------------------------------
 # f_KD(θ, b): one student of G(θ), trained and scored
 
-BUILD_LOCK = threading.Lock()  # seeding the initial weights touches the global RNG
 
 
 def check_config(config):

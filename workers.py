@@ -211,8 +211,9 @@ def serve(conn, device, n_slots, threads, init, initargs):
         if not device.startswith("cuda"):
             return nullcontext()
         if not hasattr(local, "stream"):
-            torch.cuda.set_device(device)
-            local.stream = torch.cuda.Stream(device)
+            index = torch.device(device).index or 0
+            torch.cuda.set_device(index)
+            local.stream = torch.cuda.Stream(index)
         return torch.cuda.stream(local.stream)
 
     def run(task, fn, args, kwargs):

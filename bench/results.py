@@ -1,0 +1,35 @@
+"""bench/RESULTS.md: the one file that holds measured figures. Each bench script owns one section,
+between `<!-- begin NAME -->` and `<!-- end NAME -->`, and rewrites it with the date, the machine and
+the versions beside its figures; the README quotes this file, docstrings give the commands."""
+import datetime
+import os
+import platform
+import re
+import sys
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+def machine(device="cpu"):
+    """One line: date, device, CPU cores, torch and Python versions."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        where = f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    else:
+        where = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    return (f"{datetime.date.today().isoformat()}, {where}, torch {torch.__version__}, "
+            f"Python {sys.version.split()[0]}")
+
+
+def record(name, title, command, text, path=RESULTS):
+    """Replace section `name` of the results file (added at the end if new)."""
+    path = Path(path)
+    body = f"<!-- begin {name} -->\n## {title}\n\n`{command}`\n\n{text.strip()}\n<!-- end {name} -->"
+    old = path.read_text() if path.is_file() else "# Measured figures\n\nWritten by the bench scripts; the README quotes them.\n"
+    pattern = re.compile(rf"<!-- begin {re.escape(name)} -->.*?<!-- end {re.escape(name)} -->", re.S)
+    new = pattern.sub(lambda _: body, old) if pattern.search(old) else old.rstrip() + "\n\n" + body + "\n"
+    path.write_text(new)
+    return path

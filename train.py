@@ -18,7 +18,7 @@ import math
 import sys
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +83,67 @@ def precision(protocol, device):
 # ----------------------------------------------------------------------------------------------------
 # The KD step (Alg. 1 line 7, Eq. 2): eager, or captured once as a CUDA graph and replayed
 
-CAPTURE_LOCK = threading.Lock()
+class SGD(torch.optim.Optimizer):
+    """torch.optim.SGD's update (momentum, weight decay; no dampening, no Nesterov), in foreach ops
+    that read the learning rate as a tensor when it is one. A training step captured as a CUDA graph
+    replays the kernels it recorded, and the cosine schedule changes the rate every epoch: it must be
+    read from device memory at every replay, which torch.optim.SGD does not promise for every
+    version (its foreach path turns a tensor rate into a Python number)."""
+
+    def __init__(self, params, lr, momentum, weight_decay):
+        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            grads = [p.grad for p in params]
+            if group["weight_decay"]:
+                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])   # g + wd·p
+            if group["momentum"]:
+                buffers = [self.state[p].get("momentum_buffer") for p in params]
+                if any(b is None for b in buffers):  # the first step: the buffer is the gradient
+                    buffers = [g.clone() for g in grads]
+                    for p, b in zip(params, buffers):
+                        self.state[p]["momentum_buffer"] = b
+                else:
+                    torch._foreach_mul_(buffers, group["momentum"])                      # m·buf + g
+                    torch._foreach_add_(buffers, grads)
+                grads = buffers
+            torch._foreach_add_(params, torch._foreach_mul(grads, group["lr"]), alpha=-1.0)  # p − lr·buf
+
+
+class SharedExclusiveLock:
+    """Students of one process share the device's random generator (dropout), which must not move
+    while one of them records a graph: steps hold the lock shared, a recording holds it alone, and a
+    waiting recording goes before new steps."""
+
+    def __init__(self):
+        self.cond, self.shared, self.exclusive, self.waiting = threading.Condition(), 0, False, 0
+
+    @contextmanager
+    def hold(self, exclusive=False):
+        with self.cond:
+            if exclusive:
+                self.waiting += 1
+                self.cond.wait_for(lambda: not self.exclusive and self.shared == 0)
+                self.waiting -= 1
+                self.exclusive = True
+            else:
+                self.cond.wait_for(lambda: not self.exclusive and self.waiting == 0)
+                self.shared += 1
+        try:
+            yield
+        finally:
+            with self.cond:
+                if exclusive:
+                    self.exclusive = False
+                else:
+                    self.shared -= 1
+                self.cond.notify_all()
+
+
+DEVICE_RNG = SharedExclusiveLock()
 BUILD_LOCK = threading.Lock()  # seeding the initial weights touches the global RNG
 
 class KDStep:
@@ -134,21 +194,22 @@ class KDStep:
         full = len(y) == self.batch_size
         if full and self.can_capture and self.graph is None:
             self.capture(x, y, lesson)
-        if full and self.graph is not None:
-            for static, value in zip(self.static, (x, y, lesson)):
-                if static is not None:
-                    static.copy_(value)
-            self.graph.replay()
-            return self.outputs
-        self.optimizer.zero_grad(set_to_none=self.graph is None)  # a graph owns the .grad tensors
-        return self.update(x, y, lesson)
+        with DEVICE_RNG.hold():
+            if full and self.graph is not None:
+                for static, value in zip(self.static, (x, y, lesson)):
+                    if static is not None:
+                        static.copy_(value)
+                self.graph.replay()
+                return self.outputs
+            self.optimizer.zero_grad(set_to_none=self.graph is None)  # a graph owns the .grad tensors
+            return self.update(x, y, lesson)
 
     def capture(self, x, y, lesson):
         self.can_capture = False  # one attempt
         saved = {k: v.clone() for k, v in self.model.state_dict().items()}
-        # One recording at a time in a process: torch.cuda.graph synchronises the device and empties
-        # the allocator's cache as it starts, which must not happen inside another student's recording.
-        with CAPTURE_LOCK:
+        # Alone in the process: the other students' steps move the device's random generator, and
+        # torch.cuda.graph synchronises the device and empties the allocator's cache as it starts.
+        with DEVICE_RNG.hold(exclusive=True):
             self.record(x, y, lesson, saved)
 
     def record(self, x, y, lesson, saved):
@@ -213,7 +274,7 @@ def recalibrate_bn(model, data, n_batches, batch_size, autocast, memory_format, 
         m.reset_running_stats()
         m.momentum = None  # cumulative average
     model.train()
-    with torch.no_grad(), autocast:
+    with torch.no_grad(), autocast, DEVICE_RNG.hold():  # dropout draws from the device's generator
         for _, (x, _, _) in zip(range(n_batches), batches(data, data.train, batch_size, train=False,
                                                           workers=workers, memory_format=memory_format)):
             model(x)
@@ -279,8 +340,8 @@ def fit(model, data, protocol=Protocol(), teacher=None, tau=TAU, alpha=0.0, *, d
            "lessons": "cached" if lessons is not None else "live" if live is not None else None,
            "device": str(device)}
     peak = protocol.lr * protocol.batch_size / Protocol.batch_size
-    optimizer = torch.optim.SGD(model.parameters(), lr=learning_rate(peak, device, capture), fused=True,
-                                momentum=protocol.momentum, weight_decay=protocol.weight_decay)
+    optimizer = SGD(model.parameters(), learning_rate(peak, device, capture), protocol.momentum,
+                    protocol.weight_decay)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     step = KDStep(model, optimizer, scaler, autocast, protocol, tau, alpha, live, capture)
     parts = (model, optimizer, scaler)

@@ -59,8 +59,8 @@ THETAS = {
 class Report:
     """Figures as rows of (section, measurement, value, note), with a deadline for the whole run."""
 
-    def __init__(self, budget_s, out):
-        self.start, self.budget, self.out = time.perf_counter(), budget_s, out
+    def __init__(self, budget_s, out, only=None):
+        self.start, self.budget, self.out, self.only = time.perf_counter(), budget_s, out, only
         self.rows, self.figures, self.errors, self.keep = [], {}, {}, {}
 
     def left(self):
@@ -74,6 +74,8 @@ class Report:
 
     def section(self, name, needs_s, fn, *args):
         """Run one section if `needs_s` seconds are left; an exception fails that section only."""
+        if self.only is not None and name.split(":")[0] not in self.only:
+            return
         if self.left() < needs_s:
             self.errors[name] = f"skipped: {self.left():.0f} s left, it needs about {needs_s} s"
             print(f"[{name}] {self.errors[name]}", flush=True)
@@ -161,20 +163,27 @@ def students(report, data, device, cfg):
 
 
 def capture_check(report, data, device, cfg):
-    """2. captured vs eager losses (fp32, dropout off: the same arithmetic up to kernel choice)."""
+    """2. captured vs eager losses over 3 epochs of 6 steps (fp32 without TF32, dropout off: the same
+    arithmetic up to cuDNN's choice of kernels), the learning rate changing between epochs."""
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     losses = {}
-    for mode in ("off", "auto"):
-        model, _ = student(THETAS["middle"], data, max_params=cfg.max_params)
-        for m in model.modules():
-            if isinstance(m, torch.nn.Dropout):
-                m.p = 0.0
-        protocol = T.Protocol(epochs=2, batch_size=cfg.batch, amp="off", capture=mode, bn_batches=1)
-        result = T.fit(model, subset(data, cfg.batch * 6, cfg.batch), protocol, device=device, log=lambda _: None)
-        losses[mode] = [row["loss"] for row in result["history"]]
-        losses[mode + " captured"] = result["config"]["capture"]
-    gap = max(abs(a - b) / abs(a) for a, b in zip(losses["off"], losses["auto"]))
-    report.add("capture", "largest relative gap of epoch losses, captured vs eager", f"{gap:.2e}",
-               f"eager {losses['off']}, captured {losses['auto']} (really captured: {losses['auto captured']})")
+    try:
+        for mode in ("off", "auto"):
+            model, _ = student(THETAS["middle"], data, max_params=cfg.max_params)
+            for m in model.modules():
+                if isinstance(m, torch.nn.Dropout):
+                    m.p = 0.0
+            protocol = T.Protocol(epochs=3, batch_size=cfg.batch, amp="off", capture=mode, bn_batches=1)
+            result = T.fit(model, subset(data, cfg.batch * 6, cfg.batch), protocol, device=device, log=lambda _: None)
+            losses[mode] = [row["loss"] for row in result["history"]]
+            losses[mode + " captured"] = result["config"]["capture"]
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    gaps = [abs(a - b) / abs(a) for a, b in zip(losses["off"], losses["auto"])]
+    report.add("capture", "relative gap of each epoch's loss, captured vs eager", ", ".join(f"{g:.1e}" for g in gaps),
+               f"eager {[round(v, 5) for v in losses['off']]}, captured {[round(v, 5) for v in losses['auto']]} "
+               f"(really captured: {losses['auto captured']})")
 
 
 def kd_costs(report, data, device, cfg):
@@ -409,13 +418,14 @@ def main(argv=None):
     p.add_argument("--budget-s", type=float, default=450, help="stop starting sections after this many seconds")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU (digits), for the test suite")
     p.add_argument("--record", action="store_true", help="write the table into bench/RESULTS.md")
+    p.add_argument("--only", default=None, help="comma-separated sections to run (default: all), e.g. several,search")
     args = p.parse_args(argv)
     out = Path(args.out)
     smoke, cfg = args.cpu_smoke, Sizes(args.cpu_smoke)
     device = torch.device("cpu" if smoke else "cuda:0")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: no CUDA GPU here; run with --cpu-smoke for the CPU check")
-    report = Report(args.budget_s, out)
+    report = Report(args.budget_s, out, args.only.split(",") if args.only else None)
     report.machine = machine(device)
     print(report.machine, flush=True)
     data_args = {"dataset": "digits" if smoke else "cifar10", "data_dir": args.data_dir,
@@ -429,10 +439,11 @@ def main(argv=None):
     report.section("capture", 15, capture_check, data, device, cfg)
     report.section("KD", 30, kd_costs, data, device, cfg)
     report.section("data", 10, pipeline, data, device, cfg)
-    for mode in ("threads", "processes") + (("processes under MPS",) if device.type == "cuda" else ()):
-        report.section(f"several: {mode}", 40, several, data_args, device, cfg, mode)
+    report.section("several: threads", 40, several, data_args, device, cfg, "threads")
     report.section("teacher", 25, teacher_training, data, device, cfg)
     report.section("search", 45, mini_search, data_args, device, cfg, out)
+    for mode in ("processes",) + (("processes under MPS",) if device.type == "cuda" else ()):
+        report.section(f"several: {mode}", 40, several, data_args, device, cfg, mode)
     if device.type == "cuda":  # last: it may take longer than the time left, and says so
         report.section("compile", 45, compile_check, device, cfg, "middle")
     table = report.markdown()

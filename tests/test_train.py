@@ -386,3 +386,59 @@ def test_cli_teacher_then_student_with_kd(tmp_path, capsys):
 def test_data_cli_prints_the_splits(capsys):
     D.main(["--dataset", "digits"])
     assert "digits (search): {'train': 1097, 'val': 300}" in capsys.readouterr().out
+
+
+def test_sgd_matches_torch_sgd():
+    """train.SGD (foreach ops, a tensor learning rate allowed) against torch.optim.SGD's own update,
+    in float64, over steps with a changing learning rate; the tensor rate is read at every step."""
+    torch.manual_seed(0)
+    a = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).double()
+    b = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).double()
+    b.load_state_dict(a.state_dict())
+    lr = torch.tensor(0.1, dtype=torch.float64)
+    ours = T.SGD(a.parameters(), lr, momentum=0.9, weight_decay=3e-4)
+    ref = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4, foreach=False)
+    x = torch.randn(16, 6, dtype=torch.float64)
+    for step in range(5):
+        for net, opt in ((a, ours), (b, ref)):
+            opt.zero_grad()
+            net(x).square().mean().backward()
+            opt.step()
+        lr.fill_(0.1 / (step + 2))  # the schedule moves the tensor in place
+        ref.param_groups[0]["lr"] = 0.1 / (step + 2)
+    for p, q in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+
+
+def test_shared_exclusive_lock_lets_a_recording_go_first():
+    """Steps share the lock; a recording waits for the running steps, runs alone, and new steps wait."""
+    import threading
+    lock, order = T.SharedExclusiveLock(), []
+    started, release = threading.Event(), threading.Event()
+
+    def step(name):
+        with lock.hold():
+            order.append(name)
+            started.set()
+            release.wait(5)
+
+    first = threading.Thread(target=step, args=("step 1",))
+    first.start()
+    started.wait(5)
+    recording = threading.Thread(target=lambda: (lock.hold(exclusive=True).__enter__(), order.append("recording")))
+    recording.start()
+    while not lock.waiting:
+        pass
+    later = threading.Thread(target=lambda: (lock.hold().__enter__(), order.append("step 2")))
+    later.start()
+    assert order == ["step 1"]  # the recording waits for step 1; step 2 waits for the recording
+    release.set()
+    first.join(5)
+    recording.join(5)
+    assert order == ["step 1", "recording"]
+    lock.cond.acquire()
+    lock.exclusive = False  # the recording thread never left its block: release it by hand
+    lock.cond.notify_all()
+    lock.cond.release()
+    later.join(5)
+    assert order == ["step 1", "recording", "step 2"]

@@ -148,6 +148,21 @@ def test_a_dead_worker_costs_one_evaluation_not_the_pool():
         pool.shutdown()
 
 
+def slow_square(x):
+    time.sleep(0.2)
+    return x * x
+
+
+def test_the_pool_queues_what_its_slots_cannot_take_yet():
+    """Like any Executor: more tasks than slots wait their turn; a slot holds several students."""
+    pool = workers.Pool([("cpu", 2)])
+    try:
+        futures = [pool.submit(slow_square, i) for i in range(7)]
+        assert [f.result(timeout=60) for f in futures] == [i * i for i in range(7)]
+    finally:
+        pool.shutdown()
+
+
 def test_failed_evaluations_are_logged_as_inf_and_the_search_goes_on(tmp_path):
     """A NaN training (learning rate 1e6) fails every evaluation; the search still finishes its plan."""
     out = tmp_path / "search"

@@ -55,14 +55,6 @@ def train_student(index, seed, run):
             **generator.profile(model, state["data"].image_size, state["device"])}
 
 
-def score_teacher():
-    """The teacher's test accuracy and profile (the table's reference row), and its lessons."""
-    state, s = workers.STATE, workers.STATE["settings"]
-    report = workers.prepare(train.Protocol(**s["protocol"], capture=s["capture"]))
-    return {"accuracy": report["accuracy"], **generator.profile(state["teacher"], state["data"].image_size,
-                                                                state["device"])}
-
-
 def table(rows, teacher):
     """The retrain table (Table 1 / Fig. 6 numbers) as text, and its statistics: the mean over
     architectures of each one's mean accuracy, the spread across architectures (sample std of those
@@ -138,7 +130,8 @@ def run(args):
         from teachers import lessons
         data = load_data(settings["dataset"], settings["data_dir"], "final", cache_dir=settings["cache_dir"])
         cutout = RETRAIN_PROTOCOL.cutout if RETRAIN_PROTOCOL.cutout is not None else data.preset.cutout
-        if args.lessons == "auto" and lessons.unusable(data, cutout) is None:
+        settings["lessons_live"] = lessons.unusable(data, cutout) if args.lessons == "auto" else "--lessons off"
+        if settings["lessons_live"] is None:
             settings["lessons"] = str(out / "lessons.pt")
             settings["lessons_key"] = {"teacher": common.file_digest(settings["teacher"]), "dataset": data.name,
                                        "split": "final"}
@@ -149,33 +142,29 @@ def run(args):
     rows, whole = common.read_jsonl(log)
     done = {(r["seed"], r["run"]) for r in rows}
     seeds = [args.seed + i for i in range(settings["k"])]  # k distinct architecture seeds
-    jobs = [(train_student, (i, seed, run)) for i, seed in enumerate(seeds) for run in range(settings["runs"])
-            if (seed, run) not in done]
+    jobs = [(i, seed, run) for i, seed in enumerate(seeds) for run in range(settings["runs"]) if (seed, run) not in done]
     teacher_row = common.read_json(str(out / "teacher.json"), "teacher.json") if (out / "teacher.json").is_file() else None
-    if teacher_row is None and not settings["no_kd"]:
-        jobs.insert(0, (score_teacher, ()))  # first: it computes the lessons the students share
-    print(f"retraining {sum(fn is train_student for fn, _ in jobs)} of {settings['k']} x {settings['runs']} students "
-          f"of {json.dumps(best['config'])} for {settings['epochs']} epochs {'without' if settings['no_kd'] else 'with'} "
-          f"KD -> {out}", flush=True)
+    print(f"retraining {len(jobs)} of {settings['k']} x {settings['runs']} students of {json.dumps(best['config'])} "
+          f"for {settings['epochs']} epochs {'without' if settings['no_kd'] else 'with'} KD -> {out}", flush=True)
     failures = []
     if jobs:
         pool = workers.Pool(settings["slots"], workers.init_worker, (settings,))
         try:
+            if not settings["no_kd"]:  # before the first student, as the search does
+                teacher_row = workers.check_teacher(pool, train.Protocol(**settings["protocol"], capture=settings["capture"]),
+                                                    settings)
+                common.write_json(out / "teacher.json", teacher_row)
             with common.open_log(log, whole) as f:
-                futures = {pool.submit(fn, *fn_args): (fn, fn_args) for fn, fn_args in jobs}
+                futures = {pool.submit(train_student, *job): job for job in jobs}
                 for future in cf.as_completed(futures):
-                    fn, fn_args = futures[future]
                     if future.exception() is not None:
-                        failures.append(f"{fn.__name__}{fn_args}: {common.describe(future.exception())}")
+                        failures.append(f"student {futures[future]}: {common.describe(future.exception())}")
                         print(f"failed: {failures[-1]}", flush=True)
-                    elif fn is score_teacher:
-                        teacher_row = future.result()
-                        common.write_json(out / "teacher.json", teacher_row)
-                    else:
-                        rows.append(future.result())
-                        common.append_jsonl(f, rows[-1])
-                        print(f"student {rows[-1]['index']} run {rows[-1]['run']} (seed {rows[-1]['seed']}): "
-                              f"test accuracy {100 * rows[-1]['accuracy']:.2f} %", flush=True)
+                        continue
+                    rows.append(future.result())
+                    common.append_jsonl(f, rows[-1])
+                    print(f"student {rows[-1]['index']} run {rows[-1]['run']} (seed {rows[-1]['seed']}): "
+                          f"test accuracy {100 * rows[-1]['accuracy']:.2f} %", flush=True)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C must not wait for a running training
     rows = sorted((r for r in rows if r["seed"] in seeds and r["run"] < settings["runs"]),

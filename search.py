@@ -61,7 +61,6 @@ DIGITS_TEACHER = dict(width=8, layers=5, epochs=20)
 # Settings a resumed search must share with the folder it continues.
 RESUME_KEYS = ("dataset", "data_dir", "no_kd", "teacher", "min_budget", "max_budget", "eta", "seed",
                "max_params", "val_size", "protocol")
-NEAR_CHANCE = 1.5  # a teacher below 1.5 x chance accuracy is reported as useless
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -246,7 +245,9 @@ def run(args):
         pool = workers.Pool(settings["slots"], workers.init_worker, (settings,))
         try:
             if not settings["no_kd"]:
-                check_teacher(pool, settings, data, out)
+                report = workers.check_teacher(pool, train.Protocol(**settings["protocol"], capture=settings["capture"]),
+                                               settings)
+                common.write_json(out / "teacher.json", {**report, "teacher": settings["teacher"]})
             search.run(objective, pool, settings["iterations"], log, on_result=progress, n_workers=pool.size)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C must not wait for a running training
@@ -256,27 +257,6 @@ def run(args):
     print(f"best: {100 * progress.best['accuracy']:.1f} % at {progress.best['budget']:g} epochs -> {out / 'best.json'}")
     print(f"next: python retrain.py --theta {out / 'best.json'}")
     return out / "best.json"
-
-
-def check_teacher(pool, settings, data, out):
-    """Before the first student: the teacher's hold-out accuracy (printed, kept in teacher.json, a
-    warning near chance), and its lessons computed once where the views are finite."""
-    protocol = train.Protocol(**settings["protocol"], capture=settings["capture"])
-    if settings["lessons"]:
-        print(f"teacher lessons: its logits for every view of the {len(data.train):,} training images, "
-              f"computed once -> {settings['lessons']}", flush=True)
-    else:
-        print(f"teacher lessons: computed live at every step ({settings['lessons_live']})", flush=True)
-    report = pool.submit(workers.prepare, protocol).result()
-    chance = 1 / data.num_classes
-    print(f"teacher: {100 * report['accuracy']:.2f} % on the hold-out ({len(data.val):,} images; chance "
-          f"{100 * chance:.0f} %)" + (f"; lessons computed in {report['lessons_s']:.0f} s" if report["lessons_s"] else ""),
-          flush=True)
-    if report["accuracy"] < NEAR_CHANCE * chance:
-        print(f"warning: the teacher is near chance accuracy; its lessons carry no knowledge. Check --teacher "
-              f"{settings['teacher']}, or pass --no-kd.", file=sys.stderr, flush=True)
-    common.write_json(out / "teacher.json", {"accuracy": report["accuracy"], "split": "val",
-                                             "lessons": settings["lessons"], "teacher": settings["teacher"]})
 
 
 def parser():

@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -307,7 +308,8 @@ def lessons_table(path, protocol):
 
 def prepare(protocol):
     """Run once before the first student: the teacher's accuracy on the split the students are
-    scored on, and its lessons computed (or loaded) when the settings ask for them."""
+    scored on, its profile, and its lessons computed (or loaded) when the settings ask for them."""
+    import generator
     import train
     data, device = STATE["data"], torch.device(STATE["device"])
     _, autocast, _ = train.precision(protocol, device)
@@ -317,4 +319,30 @@ def prepare(protocol):
     if STATE["settings"].get("lessons"):
         with STATE["lock"]:
             STATE["lessons"], seconds = lessons_table(STATE["settings"]["lessons"], protocol)
-    return {"accuracy": accuracy, "lessons_s": seconds}
+    return {"accuracy": accuracy, "split": "val" if data.split == "search" else "test", "images": len(data.eval),
+            "num_classes": data.num_classes, "lessons_s": seconds,
+            **generator.profile(STATE["teacher"], data.image_size, STATE["device"])}
+
+
+NEAR_CHANCE = 1.5  # a teacher below 1.5 x chance accuracy is reported as useless
+
+
+def check_teacher(pool, protocol, settings):
+    """Before the first student of a search or a retraining: the teacher's accuracy on the split the
+    students are scored on, printed, with a warning near chance; its lessons computed once where the
+    augmentation's views are finite. Returns prepare's report (search.py and retrain.py keep it)."""
+    if settings.get("lessons"):
+        print(f"teacher lessons: its logits for every view of every training image, computed once -> "
+              f"{settings['lessons']}", flush=True)
+    else:
+        print(f"teacher lessons: computed live at every step ({settings.get('lessons_live')})", flush=True)
+    report = pool.submit(prepare, protocol).result()
+    chance = 1 / report["num_classes"]
+    where = "the hold-out" if report["split"] == "val" else "the test set"
+    print(f"teacher: {100 * report['accuracy']:.2f} % on {where} ({report['images']:,} images; chance "
+          f"{100 * chance:.0f} %)" + (f"; lessons computed in {report['lessons_s']:.0f} s" if report["lessons_s"] else ""),
+          flush=True)
+    if report["accuracy"] < NEAR_CHANCE * chance:
+        print(f"warning: the teacher is near chance accuracy, so its lessons carry no knowledge: check the "
+              f"teacher checkpoint {settings['teacher']}, or pass --no-kd.", file=sys.stderr, flush=True)
+    return report

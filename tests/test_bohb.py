@@ -81,6 +81,23 @@ def test_promotion_keeps_exactly_the_best():
     assert bracket.todo == [5]
 
 
+def test_a_failed_configuration_is_never_promoted():
+    """Fewer successes than places on the next rung: the rung runs with fewer; none: the bracket ends."""
+    bracket = bohb.Bracket(0, 0, [(4, 1), (2, 2), (1, 4)])
+    for index, loss in enumerate([math.inf, 0.3, math.inf, math.inf]):
+        bracket.record(index, {"i": index}, loss)
+    assert bracket.todo == [1] and bracket.size == 1  # one success for two places
+    bracket.record(1, {"i": 1}, math.inf)
+    assert bracket.done  # nothing finite left to promote
+    optimiser = bohb.BOHB(SPACE, 1, 4, eta=2, seed=0)
+    jobs = [optimiser.ask(1) for _ in range(4)]
+    for job, loss in zip(jobs, [None, float("nan"), 0.2, math.inf]):
+        optimiser.tell({**job, "loss": loss})
+    promoted = optimiser.ask(1)
+    assert promoted["rung"] == 1 and promoted["index"] == 2 and promoted["origin"] == "promoted"
+    assert optimiser.ask(1)["bracket"] == 1  # the second place stays empty: the next bracket starts
+
+
 def test_driver_promotes_the_best_of_each_rung_in_the_log(tmp_path):
     log = tmp_path / "results.jsonl"
     optimiser = bohb.BOHB(SPACE, 1, 9, eta=3, seed=1)

@@ -1,0 +1,285 @@
+"""Bad commands, as a new user types them: each exits non-zero with one line on stderr that names the
+fix, no traceback, and writes or changes no file. Then the processes: a killed search leaves no worker
+behind, and a finished search run again exits 0 and changes nothing."""
+import gzip
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+import bohb  # noqa: E402
+import data  # noqa: E402
+import generator  # noqa: E402
+import report  # noqa: E402
+import retrain  # noqa: E402
+import search  # noqa: E402
+import teachers  # noqa: E402
+import train  # noqa: E402
+
+MAIN = {"search": search.main, "train": train.main, "retrain": retrain.main, "generator": generator.main,
+        "report": report.main, "data": data.main, "bohb": bohb.main}
+THETA = {"top_nodes": 3, "top_k": 2, "top_p": 0.5, "mid_nodes": 3, "mid_p": 0.5, "bottom_nodes": 3,
+         "bottom_k": 2, "bottom_p": 0.5}
+ONE = ["--dataset", "digits", "--min-budget", "1", "--max-budget", "1", "--max-params", "120000", "--gpus", "0",
+       "--no-kd", "--workers", "1"]
+
+
+def snapshot(folder):
+    """Every file below `folder` with its mode and the hash of its bytes."""
+    return {str(p.relative_to(folder)): (p.stat().st_mode, hashlib.sha1(p.read_bytes()).hexdigest())
+            for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+
+
+def run(script, argv, capsys):
+    """A stage's main(argv) in this process: (exit status, stderr)."""
+    try:
+        status = MAIN[script](argv)
+    except SystemExit as e:  # argparse's own exit
+        status = e.code
+    return status, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """The inputs the bad commands point at, made once: a teacher, a best.json, damaged files."""
+    d = tmp_path_factory.mktemp("inputs")
+    net = teachers.build("darts", 10, width=4, layers=3, auxiliary=False)
+    config = {"arch": "darts", "arch_options": {"width": 4, "layers": 3, "auxiliary": False}, "dataset": "digits",
+              "num_classes": 10}
+    torch.save({"model": net.state_dict(), "epoch": 1, "config": config}, d / "teacher.pt")
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    next(v for v in state.values() if v.is_floating_point()).view(-1)[0] = float("inf")
+    torch.save({"model": state, "epoch": 1, "config": config}, d / "nan_teacher.pt")
+    (d / "binary.json").write_bytes(bytes(range(256)))
+    (d / "theta.json").write_text(json.dumps(THETA))
+    (d / "best.json").write_text(json.dumps({"config": {**THETA, "tau": 3.0, "alpha": 0.5}, "dataset": "digits",
+                                             "teacher": str(d / "teacher.pt")}))
+    (d / "best_bool.json").write_text(json.dumps({"config": {**THETA, "tau": True, "alpha": 0.5},
+                                                  "dataset": "digits"}))
+    (d / "digits").mkdir()
+    (d / "digits" / "digits.csv.gz").write_bytes(gzip.compress(b"1,2,3\n4,5\n"))
+    (d / "folder.pt").mkdir()
+    (d / "not_a_log").mkdir()
+    (d / "not_a_log" / "results.jsonl").write_text(json.dumps({"budget": 1.0}) + "\n")
+    (d / "failed").mkdir()
+    job = {"iteration": 0, "bracket": 0, "rung": 0, "index": 0, "budget": 1.0, "config": THETA, "origin": "random"}
+    (d / "failed" / "results.jsonl").write_text(json.dumps({**job, "loss": None, "error": "boom", "info": {},
+                                                            "started": 1.0, "finished": 2.0}) + "\n")
+    return d
+
+
+def inline(**changes):
+    return json.dumps({**THETA, **changes})
+
+
+# (script, arguments, a fragment of the one line it must print); {d} is the inputs folder
+BAD = [
+    ("search", ["--dataset", "digits", "--iterations", "0"], "argument --iterations: must be a positive whole number"),
+    ("search", ["--dataset", "digits", "--batch-size", "0"], "argument --batch-size: must be a positive"),
+    ("search", ["--dataset", "digits", "--workers", "0", "--gpus", "0"], "argument --workers: must be a positive"),
+    ("search", ["--dataset", "digits", "--workers-per-gpu", "-1"], "argument --workers-per-gpu"),
+    ("search", ["--dataset", "digits", "--eta", "1"], "argument --eta: must be an integer >= 2"),
+    ("search", ["--dataset", "digits", "--eta", "2.5"], "argument --eta: must be a whole number"),
+    ("search", ["--dataset", "digits", "--min-budget", "0.2"], "rounds to 0 epochs"),
+    ("search", ["--dataset", "digits", "--min-budget", "-1"], "argument --min-budget: must be a number > 0"),
+    ("search", ["--dataset", "digits", "--min-budget", "4", "--max-budget", "2"], "is larger than --max-budget"),
+    ("search", ["--dataset", "digits", "--lr", "0"], "argument --lr: must be a number > 0"),
+    ("search", ["--dataset", "digits", "--lr", "nan"], "argument --lr: must be a finite number"),
+    ("search", ["--dataset", "digits", "--val-size", "0"], "argument --val-size"),
+    ("search", ["--dataset", "digits", "--max-params", "abc"], "argument --max-params: must be a number"),
+    ("search", ["--dataset", "digits", "--no-kd", "--max-params", "6e4"], "does not fit --max-params"),
+    ("search", ["--dataset", "digits", "--gpus", "2"], "more GPUs than"),
+    ("search", ["--dataset", "digits", "--gpus", "-1"], "argument --gpus"),
+    ("search", ["--dataset", "svhn"], "argument --dataset: invalid choice"),
+    ("search", ["--dataset", "cifar10", "--gpus", "0"], "needs --teacher CKPT"),
+    ("search", ["--dataset", "digits", "--teacher", "/no/such.pt", "--gpus", "0"], "not found; check --teacher"),
+    ("search", ["--dataset", "digits", "--teacher", "{d}/binary.json", "--gpus", "0"], "not a readable train.py checkpoint"),
+    ("search", ["--dataset", "digits", "--teacher", "{d}/nan_teacher.pt", "--gpus", "0"], "non-finite weights"),
+    ("search", ["--dataset", "digits", "--no-kd", "--gpus", "0", "--data-dir", "{d}/digits"], "not the UCI digits table"),
+    ("train", ["--arch", "darts", "--dataset", "digits", "--epochs", "0"], "argument --epochs: must be a positive"),
+    ("train", ["--arch", "darts", "--dataset", "digits", "--epochs", "-3"], "argument --epochs"),
+    ("train", ["--arch", "darts", "--dataset", "digits", "--batch-size", "0"], "argument --batch-size"),
+    ("train", ["--arch", "darts", "--dataset", "digits", "--eval-every", "0"], "argument --eval-every"),
+    ("train", ["--arch", "darts", "--dataset", "digits", "--stop-after", "0"], "argument --stop-after"),
+    ("train", ["--arch", "darts", "--dataset", "digits", "--device", "cuda"], "use --device cpu"),
+    ("train", ["--arch", "darts", "--dataset", "digits", "--device", "tpu"], "argument --device"),
+    ("train", ["--theta", "{d}/binary.json", "--dataset", "digits"], "is not a text file"),
+    ("train", ["--theta", "{d}/folder.pt", "--dataset", "digits"], "is a folder"),
+    ("train", ["--theta", inline(tau="3"), "--dataset", "digits"], "θ['tau'] must be a number"),
+    ("train", ["--theta", inline(tau=True), "--dataset", "digits"], "θ['tau'] must be a number"),
+    ("train", ["--theta", inline(depth=3), "--dataset", "digits"], "unknown key(s) depth"),
+    ("train", ["--theta", inline(top_nodes=3.5), "--dataset", "digits"], "must be an integer"),
+    ("train", ["--theta", "{d}/theta.json", "--dataset", "digits", "--alpha", "2", "--teacher", "{d}/teacher.pt"],
+     "outside its range"),
+    ("train", ["--theta", "{d}/theta.json", "--dataset", "digits", "--alpha", "0.5"], "needs --teacher"),
+    ("train", ["--arch", "darts", "--dataset", "digits", "--save", "{d}/folder.pt", "--resume"], "is a folder"),
+    ("train", ["--arch", "darts", "--dataset", "digits", "--save", "/proc/autokd/run.pt"], "cannot write --save"),
+    ("train", ["--arch", "darts", "--dataset", "digits", "--resume"], "give --save too"),
+    ("train", ["--arch", "darts", "--dataset", "digits", "--max-params", "1e5"], "drop it"),
+    ("retrain", ["--theta", "{d}/best.json", "--k", "0"], "argument --k: must be a positive"),
+    ("retrain", ["--theta", "{d}/best.json", "--epochs", "0"], "argument --epochs"),
+    ("retrain", ["--theta", "{d}/best.json", "--epochs", "-1"], "argument --epochs"),
+    ("retrain", ["--theta", "{d}/best.json", "--runs", "0"], "argument --runs"),
+    ("retrain", ["--theta", "{d}/best.json", "--eval-every", "0"], "argument --eval-every"),
+    ("retrain", ["--theta", "/no/such/best.json"], "cannot read --theta file"),
+    ("retrain", ["--theta", "{d}/binary.json"], "is not a text file"),
+    ("retrain", ["--theta", "{d}/theta.json"], "is not a best.json from search.py"),
+    ("retrain", ["--theta", "{d}/best_bool.json", "--no-kd"], "θ['tau'] must be a number"),
+    ("generator", ["--theta", "{BAD"], "--theta (inline JSON) is not valid JSON"),
+    ("generator", ["--theta", "{d}/theta.json", "--image-size", "0"], "argument --image-size"),
+    ("generator", ["--theta", "{d}/theta.json", "--max-params", "0"], "argument --max-params"),
+    ("generator", ["--arch", "{d}/theta.json"], "not an architecture file"),
+    ("report", ["/no/such/folder"], "has no results.jsonl"),
+    ("report", ["{d}/not_a_log"], "is not a search result (missing"),
+    ("report", ["{d}/failed"], "every evaluation in"),
+    ("data", ["--dataset", "digits", "--data-dir", "{d}/digits"], "not the UCI digits table"),
+    ("bohb", ["--plan", "--eta", "1"], "argument --eta"),
+    ("bohb", ["--plan", "--min-budget", "0"], "argument --min-budget"),
+]
+
+
+@pytest.mark.parametrize("script,argv,fragment", BAD, ids=[f"{s} {' '.join(a)}"[:70] for s, a, _ in BAD])
+def test_a_bad_command_says_one_sentence_and_changes_nothing(script, argv, fragment, files, tmp_path, capsys,
+                                                             monkeypatch):
+    monkeypatch.chdir(tmp_path)  # default output folders (runs/...) land here
+    argv = [a.replace("{d}", str(files)) for a in argv]
+    if script in ("search", "retrain"):
+        argv += ["--out", str(tmp_path / "out")]
+    before, inputs = snapshot(tmp_path), snapshot(files)
+    status, err = run(script, argv, capsys)
+    assert status not in (0, None), err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    assert fragment in lines[0], lines[0]
+    assert snapshot(tmp_path) == before and snapshot(files) == inputs
+
+
+def test_the_same_flag_parses_alike_everywhere(capsys, tmp_path):
+    """--max-params 1e5 is 100,000 for every stage that takes it."""
+    assert train.parser().parse_args(["--theta", "x", "--max-params", "1e5"]).max_params == 100_000
+    assert search.parser().parse_args(["--max-params", "1e5"]).max_params == 100_000
+    assert generator.main(["--theta", json.dumps(THETA), "--max-params", "1e5", "--image-size", "16"]) == 0
+    assert "limit 100,000" in capsys.readouterr().out
+
+
+def test_a_resume_with_other_settings_names_them_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "search"
+    out.mkdir()
+    settings = search.resolve(search.parser().parse_args(ONE))
+    (out / "search.json").write_text(json.dumps({"settings": {**settings, "seed": 7}}))
+    before = snapshot(out)
+    status, err = run("search", ONE + ["--out", str(out)], capsys)
+    assert status == 1 and "seed 7 there, 0 now" in err and "architecture" not in err and len(err) < 300
+    assert snapshot(out) == before
+
+
+def test_the_same_folder_spelled_otherwise_resumes(tmp_path, monkeypatch):
+    """Relative and absolute --out, and --data-dir, are the same folder."""
+    monkeypatch.chdir(tmp_path)
+    a = search.resolve(search.parser().parse_args(ONE + ["--data-dir", str(ROOT / "data")]))
+    monkeypatch.chdir(ROOT)
+    b = search.resolve(search.parser().parse_args(ONE + ["--data-dir", "data"]))
+    assert a["data_dir"] == b["data_dir"]
+
+
+def test_files_get_the_umask_mode(tmp_path):
+    import common
+    old = os.umask(0o027)
+    try:
+        common.UMASK, saved = 0o027, common.UMASK
+        common.write_json(tmp_path / "a.json", {})
+        common.save_checkpoint(tmp_path / "c.pt", {"model": {}})
+    finally:
+        os.umask(old)
+        common.UMASK = saved
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "c.pt").stat().st_mode & 0o777 == 0o640
+
+
+def test_report_reads_a_log_being_written_without_changing_it(tmp_path, capsys):
+    out = tmp_path / "s"
+    out.mkdir()
+    job = {"iteration": 0, "bracket": 0, "rung": 0, "index": 0, "budget": 1.0, "config": THETA, "origin": "random"}
+    line = json.dumps({**job, "loss": 0.4, "error": None, "info": {"accuracy": 0.6}, "started": 1.0, "finished": 2.0})
+    (out / "results.jsonl").write_text(line + "\n" + line[:40])  # a line half written by a running search
+    before = snapshot(out)
+    assert report.main([str(out), "--out", str(tmp_path / "fig")]) == 0
+    assert snapshot(out) == before
+
+
+# ----------------------------------------------------------------------------------------------------
+# Processes
+
+def cli(*args, **kw):
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, **kw)
+
+
+def test_a_finished_search_run_again_exits_0_and_changes_nothing(tmp_path):
+    out = tmp_path / "search"
+    first = cli("search.py", *ONE, "--iterations", "1", "--out", str(out))
+    assert first.returncode == 0, first.stderr
+    before = snapshot(out)
+    again = cli("search.py", *ONE, "--iterations", "1", "--out", str(out))
+    assert again.returncode == 0, again.stderr
+    assert "the search is complete" in again.stdout and f"next: python retrain.py --theta {out / 'best.json'}" in again.stdout
+    assert snapshot(out) == before
+
+
+def test_workers_die_with_their_killed_parent(tmp_path):
+    """kill -9 of search.py: its worker processes exit within seconds (their pipe to the parent closes)."""
+    out = tmp_path / "search"
+    proc = subprocess.Popen([sys.executable, "search.py", *ONE[:-1], "2", "--iterations", "4", "--out", str(out)],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    group = proc.pid
+
+    def members():
+        """Processes of the search's process group other than its (dead) parent."""
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == group and int(stat.parent.name) != group and fields[0] != "Z":
+                found.append(int(stat.parent.name))
+        return found
+
+    deadline = time.time() + 120
+    while time.time() < deadline and len(members()) < 2:  # both workers started
+        time.sleep(0.2)
+    assert len(members()) >= 2, "the workers did not start"
+    os.kill(proc.pid, signal.SIGKILL)  # the parent only, not its group
+    proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and members():
+        time.sleep(0.2)
+    left = members()
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"workers {left} outlived their parent by 10 s"
+
+
+def test_a_torn_last_line_of_retrain_results_is_run_again(tmp_path, files):
+    """A kill in the middle of appending to retrain's results.jsonl: the resume drops the torn line,
+    trains that student again and keeps the whole ones."""
+    out = tmp_path / "retrain"
+    args = ["retrain.py", "--theta", str(files / "best.json"), "--no-kd", "--k", "2", "--epochs", "1", "--workers", "1",
+            "--gpus", "0", "--out", str(out)]
+    first = cli(*args)
+    assert first.returncode == 0, first.stderr
+    lines = (out / "results.jsonl").read_text().splitlines()
+    (out / "results.jsonl").write_text(lines[0] + "\n" + lines[1][:30])
+    again = cli(*args)
+    assert again.returncode == 0, again.stderr
+    assert "retraining 1 of 2 x 1 students" in again.stdout
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["seed"] for r in rows] == [json.loads(lines[0])["seed"], json.loads(lines[1])["seed"]]

@@ -57,33 +57,21 @@ def _number(text, kind):
     return value
 
 
-def positive_int(text):
-    """A whole number >= 1; '1e5' is read as 100000 (so --max-params parses alike everywhere)."""
-    value = _number(text, int)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive whole number, not {text}")
-    return value
+def number_flag(kind, low, strict, what):
+    """An argparse type: a number of `kind` at least `low` (above it if `strict`), else the error
+    'must be <what>'. Numbers are read as floats first, so '1e5' is 100000 wherever a flag takes it."""
+    def parse(text):
+        value = _number(text, kind)
+        if value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"must be {what}, not {text}")
+        return value
+    return parse
 
 
-def nonnegative_int(text):
-    value = _number(text, int)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, not {text}")
-    return value
-
-
-def positive_float(text):
-    value = _number(text, float)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a number > 0, not {text}")
-    return value
-
-
-def nonnegative_float(text):
-    value = _number(text, float)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, not {text}")
-    return value
+positive_int = number_flag(int, 1, False, "a positive whole number")
+nonnegative_int = number_flag(int, 0, False, "a whole number >= 0")
+positive_float = number_flag(float, 0, True, "a number > 0")
+nonnegative_float = number_flag(float, 0, False, "a number >= 0")
 
 
 def device_name(text):

@@ -201,8 +201,7 @@ def parser():
     p.add_argument("--out", default=None, help="output folder (default: retrain-<dataset>[-nokd] beside the search)")
     p.add_argument("--lessons", default="auto", choices=("auto", "off"),
                    help="auto: the teacher's logits for every view computed once where the augmentation allows")
-    p.add_argument("--capture", default="auto", choices=("auto", "off"),
-                   help="auto: record each student's training step as a CUDA graph (CUDA only)")
+    train.add_protocol_flags(p, ["capture"])
     return p
 
 

@@ -287,8 +287,7 @@ def parser():
     p.add_argument("--lessons", default="auto", choices=("auto", "off"),
                    help="auto: compute the teacher's logits for every augmented view once and look them up; "
                         "off: run the teacher at every step")
-    p.add_argument("--capture", default="auto", choices=("auto", "off"),
-                   help="auto: record each student's training step as a CUDA graph (CUDA only)")
+    train.add_protocol_flags(p, ["capture"])
     return p
 
 

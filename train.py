@@ -8,9 +8,10 @@ sample a student from G(θ), train it b epochs with L_KD of Eq. 1-2, return vali
         --save runs/teacher_digits.pt                  # offline: the quick start's teacher, seconds
 
 Prints one line per epoch (loss, train and validation accuracy, images/s, elapsed, ETA) and then one
-JSON summary line. Read top to bottom: the protocol -> the KD step (eager, or captured once as a CUDA
-graph) -> one epoch -> fit, the epoch loop -> f_KD -> the command line. Data loading and augmentation
-live in data.py, the teachers' lessons computed once in teachers/lessons.py.
+JSON summary line. Read top to bottom: the protocol -> one epoch and the scores -> fit, the epoch loop
+-> f_KD -> the command line. The training step itself (eager, or captured once as a CUDA graph) is in
+step.py, data loading and augmentation in data.py, the teacher's lessons computed once in
+teachers/lessons.py.
 """
 import dataclasses
 import json
@@ -18,7 +19,7 @@ import math
 import sys
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,8 @@ import torch.nn.functional as F
 import common
 import generator
 from data import DATASETS, batches, load_data
-from kd_loss import SPACE as KD_SPACE, check_kd_params, kd_loss
+from kd_loss import SPACE as KD_SPACE, check_kd_params
+from step import DEVICE_RNG, SGD, KDStep, learning_rate, precision, set_lr
 
 TAU, ALPHA = 4.0, 0.9  # the usual KD setting (paper Sec. 3.1) when no searched value is given
 
@@ -62,198 +64,20 @@ RESUME_KEYS = ("arch", "arch_options", "dataset", "split", "train_size", "num_cl
                "alpha", "seed", "cutout", "amp", "bn_batches")
 
 
-def precision(protocol, device):
-    """(amp name, autocast context, channels_last memory format or not) for `device`. 'auto' AMP is
-    bf16 on a CUDA device that has it, fp16 (with a GradScaler) on one that does not, off on the CPU."""
-    amp = protocol.amp
-    if amp == "auto":
-        amp = "off" if device.type != "cuda" else "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if amp not in ("off", "bf16", "fp16"):
-        raise common.UserError(f"--amp must be auto, bf16, fp16 or off, not {amp!r}")
-    if amp == "fp16" and device.type != "cuda":
-        raise common.UserError("fp16 AMP needs a CUDA device; use --amp bf16 or --amp off on the CPU")
-    dtype = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
-    # No autocast weight cache: a captured step must cast inside the graph (and eager does the same).
-    autocast = torch.autocast(device.type, dtype=dtype, cache_enabled=False) if dtype else nullcontext()
-    channels_last = protocol.channels_last in ("on", True) or (protocol.channels_last == "auto"
-                                                               and device.type == "cuda")
-    return amp, autocast, torch.channels_last if channels_last else torch.contiguous_format
-
-
-# ----------------------------------------------------------------------------------------------------
-# The KD step (Alg. 1 line 7, Eq. 2): eager, or captured once as a CUDA graph and replayed
-
-class SGD(torch.optim.Optimizer):
-    """torch.optim.SGD's update (momentum, weight decay; no dampening, no Nesterov), in foreach ops
-    that read the learning rate as a tensor when it is one. A training step captured as a CUDA graph
-    replays the kernels it recorded, and the cosine schedule changes the rate every epoch: it must be
-    read from device memory at every replay, which torch.optim.SGD does not promise for every
-    version (its foreach path turns a tensor rate into a Python number)."""
-
-    def __init__(self, params, lr, momentum, weight_decay):
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay))
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            grads = [p.grad for p in params]
-            if group["weight_decay"]:
-                grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])   # g + wd·p
-            if group["momentum"]:
-                buffers = [self.state[p].get("momentum_buffer") for p in params]
-                if any(b is None for b in buffers):  # the first step: the buffer is the gradient
-                    buffers = [g.clone() for g in grads]
-                    for p, b in zip(params, buffers):
-                        self.state[p]["momentum_buffer"] = b
-                else:
-                    torch._foreach_mul_(buffers, group["momentum"])                      # m·buf + g
-                    torch._foreach_add_(buffers, grads)
-                grads = buffers
-            torch._foreach_add_(params, torch._foreach_mul(grads, group["lr"]), alpha=-1.0)  # p − lr·buf
-
-
-class SharedExclusiveLock:
-    """Students of one process share the device's random generator (dropout), which must not move
-    while one of them records a graph: steps hold the lock shared, a recording holds it alone, and a
-    waiting recording goes before new steps."""
-
-    def __init__(self):
-        self.cond, self.shared, self.exclusive, self.waiting = threading.Condition(), 0, False, 0
-
-    @contextmanager
-    def hold(self, exclusive=False):
-        with self.cond:
-            if exclusive:
-                self.waiting += 1
-                self.cond.wait_for(lambda: not self.exclusive and self.shared == 0)
-                self.waiting -= 1
-                self.exclusive = True
-            else:
-                self.cond.wait_for(lambda: not self.exclusive and self.waiting == 0)
-                self.shared += 1
-        try:
-            yield
-        finally:
-            with self.cond:
-                if exclusive:
-                    self.exclusive = False
-                else:
-                    self.shared -= 1
-                self.cond.notify_all()
-
-
-DEVICE_RNG = SharedExclusiveLock()
-BUILD_LOCK = threading.Lock()  # seeding the initial weights touches the global RNG
-
-class KDStep:
-    """One training step: the teacher's lesson (looked up, or computed live), the student's forward
-    pass, L_KD of Eq. 2, backward, gradient clipping, SGD.
-
-    capture=True (CUDA): the first full batch is recorded as one CUDA graph, and every later full
-    batch replays it. A NAGO student has up to 1,000 ReLU-Conv-BN units, thousands of kernels per
-    step, and one Python dispatch each is what bounds the step otherwise. The recording needs
-    warm-up steps; the weights, buffers and momentum are put back after them, so the captured run
-    trains like the eager one. A short last batch runs eagerly on the same tensors. If recording
-    fails, the step says so once on stderr, stays eager, and fit's result records it."""
-
-    def __init__(self, model, optimizer, scaler, autocast, protocol, tau, alpha, teacher=None,
-                 capture=False):
-        self.model, self.optimizer, self.scaler, self.autocast = model, optimizer, scaler, autocast
-        self.tau, self.alpha, self.teacher = tau, alpha, teacher
-        self.aux_weight, self.grad_clip = protocol.aux_weight, protocol.grad_clip
-        self.batch_size, self.can_capture = protocol.batch_size, capture
-        self.params = [p for p in model.parameters() if p.requires_grad]
-        self.graph, self.static, self.failure = None, None, None
-
-    def loss(self, x, y, lesson):
-        """L_KD of a batch: x (B, 3, S, S), y (B,), lesson (B, K) or None (computed live, or α = 0)."""
-        with self.autocast:
-            if self.teacher is not None:
-                with torch.no_grad():
-                    lesson = self.teacher(x)                           # (B, K)
-            out = self.model(x)
-            logits, aux = out if isinstance(out, tuple) else (out, None)  # (B, K) each
-            loss = kd_loss(logits, lesson, y, self.tau, self.alpha)
-            if aux is not None:
-                # Interpretation: the auxiliary head learns from the labels only, as in DARTS.
-                loss = loss + self.aux_weight * F.cross_entropy(aux.float(), y)
-        return loss, logits
-
-    def update(self, x, y, lesson):
-        loss, logits = self.loss(x, y, lesson)
-        self.scaler.scale(loss).backward()
-        self.scaler.unscale_(self.optimizer)  # clip the true gradients (a no-op without fp16)
-        torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        return loss.detach(), logits.detach()
-
-    def __call__(self, x, y, lesson=None):
-        """Train on one batch; returns (loss, logits) on the device (no host wait)."""
-        full = len(y) == self.batch_size
-        if full and self.can_capture and self.graph is None:
-            self.capture(x, y, lesson)
-        with DEVICE_RNG.hold():
-            if full and self.graph is not None:
-                for static, value in zip(self.static, (x, y, lesson)):
-                    if static is not None:
-                        static.copy_(value)
-                self.graph.replay()
-                return self.outputs
-            self.optimizer.zero_grad(set_to_none=self.graph is None)  # a graph owns the .grad tensors
-            return self.update(x, y, lesson)
-
-    def capture(self, x, y, lesson):
-        self.can_capture = False  # one attempt
-        saved = {k: v.clone() for k, v in self.model.state_dict().items()}
-        # Alone in the process: the other students' steps move the device's random generator, and
-        # torch.cuda.graph synchronises the device and empties the allocator's cache as it starts.
-        with DEVICE_RNG.hold(exclusive=True):
-            self.record(x, y, lesson, saved)
-
-    def record(self, x, y, lesson, saved):
-        try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up: cuDNN picks kernels, buffers get allocated
-                for _ in range(3):
-                    self.optimizer.zero_grad(set_to_none=True)
-                    self.update(x, y, lesson)
-            torch.cuda.current_stream().wait_stream(side)
-            self.static = [x.clone(), y.clone(), None if lesson is None else lesson.clone()]
-            self.optimizer.zero_grad(set_to_none=True)
-            graph = torch.cuda.CUDAGraph()
-            # thread_local: other students of this process may run while this one records
-            with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
-                self.outputs = self.update(*self.static)
-            self.graph = graph
-        except Exception as error:  # noqa: BLE001 (any failure: train eagerly instead)
-            self.graph, self.static = None, None
-            self.failure = common.describe(error)
-            print(f"warning: capturing the training step as a CUDA graph failed ({self.failure}); "
-                  f"training eagerly", file=sys.stderr, flush=True)
-        with torch.no_grad():  # undo the warm-up: the run starts from the initial weights
-            for k, v in self.model.state_dict().items():
-                v.copy_(saved[k])
-            for state in self.optimizer.state.values():
-                if state.get("momentum_buffer") is not None:
-                    state["momentum_buffer"].zero_()  # m·0 + g: SGD's first step, as in eager
-
-
 # ----------------------------------------------------------------------------------------------------
 # One epoch, BatchNorm statistics, scoring
 
-def train_epoch(step, data, protocol, gen, cutout, lessons, workers, memory_format):
-    """One pass over data.train. Returns (mean loss, accuracy, images seen); the host waits once."""
-    step.model.train()
-    loss_sum = torch.zeros((), device=data.device)
-    correct = torch.zeros((), device=data.device, dtype=torch.int64)
+def train_epoch(run, gen):
+    """One pass over the training images with L_KD. Returns (mean loss, accuracy, images seen); the
+    host waits once, at the end."""
+    run.model.train()
+    loss_sum = torch.zeros((), device=run.data.device)
+    correct = torch.zeros((), device=run.data.device, dtype=torch.int64)
     seen = 0
-    for x, y, views in batches(data, data.train, protocol.batch_size, train=True, gen=gen,
-                               cutout_size=cutout, workers=workers, memory_format=memory_format):
-        lesson = lessons(views) if lessons is not None else None     # (B, K) looked up, or live
-        loss, logits = step(x, y, lesson)
+    for x, y, views in batches(run.data, run.data.train, run.protocol.batch_size, train=True, gen=gen,
+                               cutout_size=run.cutout, workers=run.workers, memory_format=run.memory_format):
+        lesson = run.lessons(views) if run.lessons is not None else None   # (B, K) looked up, or live
+        loss, logits = run.step(x, y, lesson)
         loss_sum += loss * len(y)
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
@@ -300,6 +124,25 @@ def score(model, data, part, batch_size, autocast=nullcontext(), memory_format=t
 # ----------------------------------------------------------------------------------------------------
 # fit: the epoch loop
 
+@dataclass
+class Run:
+    """The resolved pieces of one training run, which fit's loop and its helpers share."""
+    model: nn.Module
+    data: object
+    protocol: Protocol
+    device: torch.device
+    step: KDStep
+    optimizer: SGD
+    scaler: torch.amp.GradScaler
+    autocast: object
+    memory_format: torch.memory_format
+    cutout: int
+    lessons: object        # a teachers.lessons.Lessons table, or None
+    peak: float            # the peak learning rate at this batch size
+    workers: int           # DataLoader workers (224 px data sets)
+    cfg: dict              # every setting, kept in checkpoints and results
+
+
 def fit(model, data, protocol=Protocol(), teacher=None, tau=TAU, alpha=0.0, *, device="cpu", seed=0,
         save=None, resume=False, stop_after=None, config=None, workers=2, own_rng=True, log=print):
     """Train `model` on `data` (data.load_data) under `protocol` with L_KD (Eq. 2) at temperature
@@ -313,71 +156,35 @@ def fit(model, data, protocol=Protocol(), teacher=None, tau=TAU, alpha=0.0, *, d
     stop_after: stop after that epoch (the schedule still spans protocol.epochs). own_rng: seed the
     global torch RNG (dropout, drop path) from `seed` here and restore it on return; False where
     several runs share a process (they then share its stream)."""
-    device = torch.device(device)
-    check_kd_params(tau, alpha)
-    if alpha > 0 and teacher is None:
-        raise common.UserError(f"KD weight alpha = {alpha} needs a teacher; give one or set alpha = 0")
-    amp, autocast, memory_format = precision(protocol, device)
-    cutout = (data.preset.cutout if data.split == "final" else 0) if protocol.cutout is None else protocol.cutout
-    capture = device.type == "cuda" and protocol.capture != "off" and amp != "fp16"  # GradScaler syncs
+    run = setup(model, data, protocol, teacher, tau, alpha, torch.device(device), seed, config, workers)
     end = protocol.epochs if stop_after is None else min(protocol.epochs, stop_after)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
-
-    model.to(device, memory_format=memory_format)
-    teacher = teacher if alpha > 0 else None
-    live = teacher if isinstance(teacher, nn.Module) else None
-    lessons = teacher if live is None else None
-    if live is not None:
-        # channels_last on every device: the DARTS teacher's separable convolutions run twice as
-        # fast in NHWC on the CPU too (bench/train_speed.py), unlike the NAGO students
-        live.to(device, memory_format=torch.channels_last).eval()
     drop_path_max = getattr(model, "drop_path_prob", None)
-    cfg = {**(config or {}), **dataclasses.asdict(protocol), "dataset": data.name, "split": data.split,
-           "train_size": len(data.train), "num_classes": data.num_classes, "image_size": data.image_size,
-           "drop_path_prob": drop_path_max, "tau": tau, "alpha": alpha, "seed": seed, "amp": amp,
-           "channels_last": memory_format == torch.channels_last, "cutout": cutout, "capture": capture,
-           "lessons": "cached" if lessons is not None else "live" if live is not None else None,
-           "device": str(device)}
-    peak = protocol.lr * protocol.batch_size / Protocol.batch_size
-    optimizer = SGD(model.parameters(), learning_rate(peak, device, capture), protocol.momentum,
-                    protocol.weight_decay)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-    step = KDStep(model, optimizer, scaler, autocast, protocol, tau, alpha, live, capture)
-    parts = (model, optimizer, scaler)
-    cuda = [device] if device.type == "cuda" and own_rng else []
-
+    cuda = [run.device] if run.device.type == "cuda" and own_rng else []
     with torch.random.fork_rng(devices=cuda, enabled=own_rng):
         if own_rng:
-            torch.manual_seed(seed)
-        gen = data.generator(seed)
+            torch.manual_seed(seed)  # dropout and drop path draw from here
+        gen = data.generator(seed)  # the data order and the augmentation draw from here
         history, clock, start = [], {"wall_s": 0.0, "train_s": 0.0, "images": 0}, 0
         if save is not None and Path(save).exists():
             if not resume:
                 raise common.UserError(f"{save} already exists; pass --resume to continue it or delete it")
-            history, clock, start = restore(save, cfg, parts, gen, device, capture, log)
-        set_lr(optimizer, cosine(peak, start, protocol.epochs))
+            history, clock, start = restore(save, run, gen, log)
+        set_lr(run.optimizer, cosine(run.peak, start, protocol.epochs))
         session_start, failed = time.perf_counter(), None
         for epoch in range(start, end):
             t0 = time.perf_counter()
             if drop_path_max is not None:  # DARTS's linear ramp from 0 to the model's maximum
                 model.drop_path_prob = drop_path_max * epoch / protocol.epochs
-            # Alg. 1 line 7: one epoch of L_KD; the learning rate follows a cosine per epoch
-            loss, train_accuracy, seen = train_epoch(step, data, protocol, gen, cutout, lessons,
-                                                     workers, memory_format)
-            set_lr(optimizer, cosine(peak, epoch + 1, protocol.epochs))
+            loss, accuracy, seen = train_epoch(run, gen)  # Alg. 1 line 7: one epoch of L_KD
+            set_lr(run.optimizer, cosine(run.peak, epoch + 1, protocol.epochs))  # the cosine, per epoch
             train_s = time.perf_counter() - t0
-            if not math.isfinite(loss):
-                failed = (f"the training loss became {loss} in epoch {epoch + 1}; lower --lr or try "
-                          f"another configuration")
+            if not math.isfinite(loss):  # a diverged student fails its evaluation; a search goes on
+                failed = f"the training loss became {loss} in epoch {epoch + 1}; lower --lr or try another configuration"
                 break
-            row = {"epoch": epoch + 1, "loss": loss, "train_accuracy": train_accuracy,
-                   "lr": float(optimizer.param_groups[0]["lr"]), "images_per_s": seen / train_s}
-            if (epoch + 1) % protocol.eval_every == 0 or epoch + 1 == end:  # score it
-                recalibrate_bn(model, data, protocol.bn_batches, protocol.batch_size, autocast,
-                               memory_format, workers)
-                row["accuracy"], row["eval_loss"] = score(model, data, data.eval, 4 * protocol.batch_size,
-                                                          autocast, memory_format, workers)
+            row = {"epoch": epoch + 1, "loss": loss, "train_accuracy": accuracy,
+                   "lr": float(run.optimizer.param_groups[0]["lr"]), "images_per_s": seen / train_s}
+            if (epoch + 1) % protocol.eval_every == 0 or epoch + 1 == end:
+                row["accuracy"], row["eval_loss"] = score_run(run)  # the hold-out (search) or test (final)
             clock = {"wall_s": clock["wall_s"] + time.perf_counter() - t0,
                      "train_s": clock["train_s"] + train_s, "images": clock["images"] + seen}
             row["elapsed_s"] = clock["wall_s"]
@@ -385,27 +192,66 @@ def fit(model, data, protocol=Protocol(), teacher=None, tau=TAU, alpha=0.0, *, d
             eta = (time.perf_counter() - session_start) / (epoch + 1 - start) * (protocol.epochs - epoch - 1)
             log(progress_line(row, protocol.epochs, data.split, eta))
             if save is not None:
-                checkpoint(save, parts, epoch + 1, history, clock, gen, device, cfg)
+                checkpoint(save, run, epoch + 1, history, clock, gen)
+    return summary(run, history, clock, failed)
 
-    cfg["capture"] = step.graph is not None if capture and history else capture  # what really ran
-    cfg["capture_error"] = step.failure
+
+def setup(model, data, protocol, teacher, tau, alpha, device, seed, config, workers):
+    """Resolve a run: precision and memory format for the device, the teacher (live network or
+    looked-up lessons; none at alpha = 0), the optimiser and the step, and every setting in `cfg`."""
+    check_kd_params(tau, alpha)
+    if alpha > 0 and teacher is None:
+        raise common.UserError(f"KD weight alpha = {alpha} needs a teacher; give one or set alpha = 0")
+    amp, autocast, memory_format = precision(protocol, device)
+    cutout = (data.preset.cutout if data.split == "final" else 0) if protocol.cutout is None else protocol.cutout
+    capture = device.type == "cuda" and protocol.capture != "off" and amp != "fp16"  # GradScaler syncs
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
+    model.to(device, memory_format=memory_format)
+    teacher = teacher if alpha > 0 else None
+    live = teacher if isinstance(teacher, nn.Module) else None
+    if live is not None:
+        # channels_last on every device: the DARTS teacher's separable convolutions run twice as
+        # fast in NHWC on the CPU too (bench/train_speed.py), unlike the NAGO students
+        live.to(device, memory_format=torch.channels_last).eval()
+    cfg = {**(config or {}), **dataclasses.asdict(protocol), "dataset": data.name, "split": data.split,
+           "train_size": len(data.train), "num_classes": data.num_classes, "image_size": data.image_size,
+           "drop_path_prob": getattr(model, "drop_path_prob", None), "tau": tau, "alpha": alpha, "seed": seed,
+           "amp": amp, "channels_last": memory_format == torch.channels_last, "cutout": cutout,
+           "capture": capture, "lessons": None if teacher is None else "live" if live is not None else "cached",
+           "device": str(device)}
+    peak = protocol.lr * protocol.batch_size / Protocol.batch_size
+    optimizer = SGD(model.parameters(), learning_rate(peak, device, capture), protocol.momentum, protocol.weight_decay)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    step = KDStep(model, optimizer, scaler, autocast, protocol, tau, alpha, live, capture)
+    return Run(model, data, protocol, device, step, optimizer, scaler, autocast, memory_format, cutout,
+               teacher if live is None else None, peak, workers, cfg)
+
+
+def score_run(run):
+    """BatchNorm statistics re-estimated, then (accuracy, loss) on data.eval."""
+    recalibrate_bn(run.model, run.data, run.protocol.bn_batches, run.protocol.batch_size, run.autocast,
+                   run.memory_format, run.workers)
+    return score(run.model, run.data, run.data.eval, 4 * run.protocol.batch_size, run.autocast,
+                 run.memory_format, run.workers)
+
+
+def summary(run, history, clock, failed):
+    """fit's result: the last score (scored now if a resumed run had just ended), times, settings."""
+    capture = run.cfg["capture"]
+    run.cfg["capture"] = run.step.graph is not None if capture and history else capture  # what really ran
+    run.cfg["capture_error"] = run.step.failure
     last = history[-1] if history else {}
-    if failed is None and history and "accuracy" not in last:  # a resumed run that had just ended
-        last["accuracy"], last["eval_loss"] = score(model, data, data.eval, 4 * protocol.batch_size,
-                                                    autocast, memory_format, workers)
+    if failed is None and history and "accuracy" not in last:
+        last["accuracy"], last["eval_loss"] = score(run.model, run.data, run.data.eval, 4 * run.protocol.batch_size,
+                                                    run.autocast, run.memory_format, run.workers)
     return {"accuracy": None if failed else last.get("accuracy"),
-            "eval_split": "val" if data.split == "search" else "test",
+            "eval_split": "val" if run.data.split == "search" else "test",
             "eval_loss": None if failed else last.get("eval_loss"),
-            "loss": last.get("loss"), "train_accuracy": last.get("train_accuracy"),
-            "wall_s": clock["wall_s"],
+            "loss": last.get("loss"), "train_accuracy": last.get("train_accuracy"), "wall_s": clock["wall_s"],
             "images_per_s": clock["images"] / clock["train_s"] if clock["train_s"] else None,
-            "epochs": len(history), "failed": failed is not None, "error": failed,
-            "history": history, "config": cfg}
-
-
-def learning_rate(value, device, capture):
-    """The optimiser's learning rate: a float, or a device tensor that a captured step reads."""
-    return torch.tensor(float(value), device=device) if capture else float(value)
+            "epochs": len(history), "failed": failed is not None, "error": failed, "history": history,
+            "config": run.cfg}
 
 
 def cosine(peak, epoch, epochs):
@@ -413,50 +259,39 @@ def cosine(peak, epoch, epochs):
     return peak * (1 + math.cos(math.pi * epoch / epochs)) / 2
 
 
-def set_lr(optimizer, value):
-    """Set the learning rate in place: a captured step reads the same tensor at every replay."""
-    for group in optimizer.param_groups:
-        if isinstance(group["lr"], torch.Tensor):
-            group["lr"].fill_(value)
-        else:
-            group["lr"] = value
-
-
-def checkpoint(path, parts, epoch, history, clock, gen, device, cfg):
+def checkpoint(path, run, epoch, history, clock, gen):
     """Everything a run needs to continue exactly: model, optimiser, scaler, RNG states (the learning
     rate follows from the epoch)."""
-    model, optimizer, scaler = parts
-    cuda = device.type == "cuda"
+    cuda = run.device.type == "cuda"
     common.save_checkpoint(path, {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+        "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
         "epoch": epoch, "history": history, "clock": clock,
-        "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if cuda else None,
+        "rng": {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(run.device) if cuda else None,
                 "data": gen.get_state()},
-        "versions": common.versions(), "config": cfg})
+        "versions": common.versions(), "config": run.cfg})
 
 
-def restore(path, cfg, parts, gen, device, capture, log):
-    """Load a checkpoint written by `checkpoint` into the run's parts; returns (history, clock, epoch)."""
-    model, optimizer, scaler = parts
+def restore(path, run, gen, log):
+    """Load a checkpoint written by `checkpoint` into the run; returns (history, clock, epoch)."""
     state = load_checkpoint(path)  # on the CPU: RNG states must be CPU tensors
-    common.check_resume(state["config"], cfg, RESUME_KEYS, path, "resume with the same settings, or start a new "
-                        "file", error=common.CheckpointError)
+    common.check_resume(state["config"], run.cfg, RESUME_KEYS, path, "resume with the same settings, or start a "
+                        "new file", error=common.CheckpointError)
     try:
-        model.load_state_dict(state["model"])
+        run.model.load_state_dict(state["model"])
     except RuntimeError:
         raise common.CheckpointError(f"{path} holds another architecture than the model given; resume "
                                      f"with the same --theta/--arch and seed") from None
-    optimizer.load_state_dict(state["optimizer"])
-    for group in optimizer.param_groups:  # a float or a device tensor, as this run's step needs
-        group["lr"] = learning_rate(group["lr"], device, capture)
+    run.optimizer.load_state_dict(state["optimizer"])
+    for group in run.optimizer.param_groups:  # a float or a device tensor, as this run's step needs
+        group["lr"] = learning_rate(group["lr"], run.device, run.cfg["capture"])
     if state["scaler"] is not None:
-        scaler.load_state_dict(state["scaler"])
+        run.scaler.load_state_dict(state["scaler"])
     torch.set_rng_state(state["rng"]["torch"])
-    if device.type == "cuda" and state["rng"]["cuda"] is not None:
-        torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+    if run.device.type == "cuda" and state["rng"]["cuda"] is not None:
+        torch.cuda.set_rng_state(state["rng"]["cuda"], run.device)
     gen.set_state(state["rng"]["data"])
-    log(f"resumed {path} at epoch {state['epoch']}/{cfg['epochs']}")
+    log(f"resumed {path} at epoch {state['epoch']}/{run.cfg['epochs']}")
     return state["history"], state["clock"], state["epoch"]
 
 
@@ -486,6 +321,9 @@ def check_config(config):
     """The one checker of a configuration for every entry point: θ (generator.SPACE) and, optional,
     τ and α (kd_loss.SPACE); one sentence naming the key when anything is wrong."""
     return common.check_config(config, {**generator.SPACE, **KD_SPACE}, optional=tuple(KD_SPACE))
+
+
+BUILD_LOCK = threading.Lock()  # seeding the initial weights touches the global RNG
 
 
 def f_kd(config, budget, seed, data, teacher, protocol, *, device, run=0, max_params=None, save=None,
@@ -537,30 +375,52 @@ def build_model(args, data):
     return teachers.build(args.arch, data.num_classes, **options), {"arch": args.arch, "arch_options": options}, {}
 
 
+# The protocol's flags: one parser per setting, the defaults Protocol's (search.py and retrain.py
+# take some of them too). A tuple is a choice.
+PROTOCOL_FLAGS = {
+    "epochs": (common.positive_int, "training epochs (search budgets: 30/60/120)"),
+    "batch_size": (common.positive_int, "batch size"),
+    "lr": (common.positive_float, "peak learning rate at batch 96, scaled linearly with --batch-size, cosine to 0"),
+    "momentum": (common.nonnegative_float, "SGD momentum"),
+    "weight_decay": (common.nonnegative_float, "weight decay"),
+    "grad_clip": (common.positive_float, "max gradient norm"),
+    "aux_weight": (common.nonnegative_float, "weight of an auxiliary head's loss, for models that have one"),
+    "cutout": (common.nonnegative_int, "cutout side in px (default: 16 for CIFAR with --split final, else 0)"),
+    "eval_every": (common.positive_int, "score every N epochs and at the end"),
+    "bn_batches": (common.nonnegative_int, "training batches that re-estimate BatchNorm statistics before "
+                                           "each score (0: off)"),
+    "amp": (("auto", "bf16", "fp16", "off"), "mixed precision; auto: bf16 on CUDA if supported, else fp16; off on CPU"),
+    "channels_last": (("auto", "on", "off"), "channels_last memory format; auto: on for CUDA"),
+    "capture": (("auto", "off"), "auto: record the training step once as a CUDA graph and replay it (CUDA only)"),
+}
+
+
+def add_protocol_flags(p, names=tuple(PROTOCOL_FLAGS)):
+    for name in names:
+        kind, text = PROTOCOL_FLAGS[name]
+        options = {"choices": kind} if isinstance(kind, tuple) else {"type": kind}
+        p.add_argument("--" + name.replace("_", "-"), default=getattr(Protocol, name), help=text, **options)
+
+
 def parser():
     p = common.Parser(description=__doc__.split("\n\n")[0])
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--theta", help="θ as a JSON file or inline JSON (a best.json from search.py works too)")
     what.add_argument("--arch", choices=("darts", "inception_resnet_v2"), help="a teacher network")
-    p.add_argument("--seed", type=int, default=0, help="seeds the architecture sample, the weights, the data "
-                                                       "order and augmentation")
+    p.add_argument("--seed", type=int, default=0, help="seeds the architecture, the weights, the data order")
     p.add_argument("--dataset", default="cifar10", choices=DATASETS, help="data set")
-    p.add_argument("--data-dir", default=None, help="data folder (default data/<dataset>; data/ for digits); "
-                                                    "layouts in data.py")
+    p.add_argument("--data-dir", default=None, help="data folder (default data/<dataset>); layouts in data.py")
     p.add_argument("--download", action="store_true", help="let torchvision download CIFAR")
     p.add_argument("--cache-dir", default=None, help="cache of decoded image folders (default ~/.cache/autokd)")
     p.add_argument("--split", default="search", choices=("search", "final"),
-                   help="search: score on a hold-out of the training set; final: train on all of it and "
-                        "score on the test set")
+                   help="search: score on a hold-out of the training set; final: train on all, score on test")
     p.add_argument("--val-size", type=common.positive_int, default=None,
                    help="hold-out size in search mode (default: 5,000 for CIFAR, see data.PRESETS)")
-    p.add_argument("--epochs", type=common.positive_int, default=Protocol.epochs,
-                   help="training epochs (search budgets: 30/60/120)")
     p.add_argument("--teacher", default=None, help="teacher checkpoint for KD (teachers.load)")
-    p.add_argument("--tau", type=float, default=None,
-                   help=f"KD temperature in [1, 10] (default: the θ file's, else {TAU})")
-    p.add_argument("--alpha", type=float, default=None,
-                   help=f"KD weight in [0, 1] (default: the θ file's, else {ALPHA} with --teacher and 0 without)")
+    p.add_argument("--tau", type=float, default=None, help=f"KD temperature in [1, 10] (default: the θ file's, "
+                                                           f"else {TAU})")
+    p.add_argument("--alpha", type=float, default=None, help=f"KD weight in [0, 1] (default: the θ file's, else "
+                                                             f"{ALPHA} with --teacher, 0 without)")
     p.add_argument("--max-params", type=common.positive_int, default=None,
                    help="student parameter limit, e.g. 4e6 (default: generator's, 4.0 M / 6.0 M)")
     p.add_argument("--width", type=common.positive_int, default=None, help="darts: initial channels (default 36)")
@@ -570,29 +430,10 @@ def parser():
     p.add_argument("--no-auxiliary", action="store_true", help="darts: no auxiliary head")
     p.add_argument("--pretrained", action="store_true",
                    help="inception_resnet_v2: start from timm's ImageNet weights (needs their download)")
-    p.add_argument("--batch-size", type=common.positive_int, default=Protocol.batch_size, help="batch size")
-    p.add_argument("--lr", type=common.positive_float, default=Protocol.lr,
-                   help="peak learning rate at batch 96, scaled linearly with --batch-size, cosine-decayed to 0")
-    p.add_argument("--momentum", type=common.nonnegative_float, default=Protocol.momentum, help="SGD momentum")
-    p.add_argument("--weight-decay", type=common.nonnegative_float, default=Protocol.weight_decay,
-                   help="weight decay")
-    p.add_argument("--grad-clip", type=common.positive_float, default=Protocol.grad_clip, help="max gradient norm")
-    p.add_argument("--aux-weight", type=common.nonnegative_float, default=Protocol.aux_weight,
-                   help="weight of the auxiliary head's loss, for models that have one")
-    p.add_argument("--cutout", type=common.nonnegative_int, default=None,
-                   help="cutout side in px (default: 16 for CIFAR with --split final, else 0)")
-    p.add_argument("--bn-batches", type=common.nonnegative_int, default=Protocol.bn_batches,
-                   help="training batches that re-estimate BatchNorm statistics before each score (0: off)")
+    add_protocol_flags(p)
     p.add_argument("--device", type=common.device_name, default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device")
-    p.add_argument("--amp", default="auto", choices=("auto", "bf16", "fp16", "off"),
-                   help="mixed precision; auto: bf16 on CUDA if supported, else fp16; off on CPU")
-    p.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
-                   help="channels_last memory format; auto: on for CUDA")
-    p.add_argument("--capture", default="auto", choices=("auto", "off"),
-                   help="auto: record the training step once as a CUDA graph and replay it (CUDA only)")
     p.add_argument("--workers", type=common.nonnegative_int, default=2, help="DataLoader workers (224 px data sets)")
-    p.add_argument("--eval-every", type=common.positive_int, default=1, help="score every N epochs and at the end")
     p.add_argument("--save", default=None, help="checkpoint written after every epoch")
     p.add_argument("--resume", action="store_true", help="continue from --save if it exists (same flags)")
     p.add_argument("--stop-after", type=common.positive_int, default=None,
@@ -623,10 +464,7 @@ def main(argv=None):
         import teachers
         teacher = teachers.load(args.teacher, args.dataset, data.num_classes, args.device)
     config.update(teacher=args.teacher, data_dir=args.data_dir, val_size=args.val_size)
-    protocol = Protocol(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-                        weight_decay=args.weight_decay, grad_clip=args.grad_clip, aux_weight=args.aux_weight,
-                        cutout=args.cutout, eval_every=args.eval_every, bn_batches=args.bn_batches,
-                        amp=args.amp, channels_last=args.channels_last, capture=args.capture)
+    protocol = Protocol(**{name: getattr(args, name) for name in PROTOCOL_FLAGS})
     result = fit(model, data, protocol, teacher, tau, alpha, device=args.device, seed=args.seed,
                  save=args.save, resume=args.resume, stop_after=args.stop_after, config=config,
                  workers=args.workers)

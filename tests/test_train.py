@@ -12,6 +12,7 @@ from PIL import Image
 
 import common
 import data as D
+import step
 import train as T
 
 
@@ -396,49 +397,57 @@ def test_sgd_matches_torch_sgd():
     b = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).double()
     b.load_state_dict(a.state_dict())
     lr = torch.tensor(0.1, dtype=torch.float64)
-    ours = T.SGD(a.parameters(), lr, momentum=0.9, weight_decay=3e-4)
+    ours = step.SGD(a.parameters(), lr, momentum=0.9, weight_decay=3e-4)
     ref = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4, foreach=False)
     x = torch.randn(16, 6, dtype=torch.float64)
-    for step in range(5):
+    for i in range(5):
         for net, opt in ((a, ours), (b, ref)):
             opt.zero_grad()
             net(x).square().mean().backward()
             opt.step()
-        lr.fill_(0.1 / (step + 2))  # the schedule moves the tensor in place
-        ref.param_groups[0]["lr"] = 0.1 / (step + 2)
+        lr.fill_(0.1 / (i + 2))  # the schedule moves the tensor in place
+        ref.param_groups[0]["lr"] = 0.1 / (i + 2)
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
 
 
 def test_shared_exclusive_lock_lets_a_recording_go_first():
-    """Steps share the lock; a recording waits for the running steps, runs alone, and new steps wait."""
+    """Steps share the lock; a recording waits for the running step, runs alone, and a step that
+    comes while the recording waits goes after it."""
     import threading
-    lock, order = T.SharedExclusiveLock(), []
-    started, release = threading.Event(), threading.Event()
+    lock, order = step.SharedExclusiveLock(), []
+    step_running, release_step, release_recording = threading.Event(), threading.Event(), threading.Event()
 
-    def step(name):
+    def first_step():
         with lock.hold():
-            order.append(name)
-            started.set()
-            release.wait(5)
+            order.append("step 1")
+            step_running.set()
+            release_step.wait(5)
 
-    first = threading.Thread(target=step, args=("step 1",))
-    first.start()
-    started.wait(5)
-    recording = threading.Thread(target=lambda: (lock.hold(exclusive=True).__enter__(), order.append("recording")))
-    recording.start()
-    while not lock.waiting:
+    def recording():
+        with lock.hold(exclusive=True):
+            order.append("recording")
+            release_recording.wait(5)
+
+    def later_step():
+        with lock.hold():
+            order.append("step 2")
+
+    threads = [threading.Thread(target=first_step)]
+    threads[0].start()
+    step_running.wait(5)
+    threads.append(threading.Thread(target=recording))
+    threads[1].start()
+    while not lock.waiting:  # the recording is waiting for step 1
         pass
-    later = threading.Thread(target=lambda: (lock.hold().__enter__(), order.append("step 2")))
-    later.start()
-    assert order == ["step 1"]  # the recording waits for step 1; step 2 waits for the recording
-    release.set()
-    first.join(5)
-    recording.join(5)
-    assert order == ["step 1", "recording"]
-    lock.cond.acquire()
-    lock.exclusive = False  # the recording thread never left its block: release it by hand
-    lock.cond.notify_all()
-    lock.cond.release()
-    later.join(5)
+    threads.append(threading.Thread(target=later_step))
+    threads[2].start()
+    threads[2].join(0.2)
+    assert order == ["step 1"]  # step 2 waits behind the waiting recording
+    release_step.set()
+    threads[1].join(0.2)
+    assert order == ["step 1", "recording"]  # the recording runs alone
+    release_recording.set()
+    for t in threads:
+        t.join(5)
     assert order == ["step 1", "recording", "step 2"]

@@ -1,8 +1,10 @@
 """Benchmark of bohb.py: median regret of BOHB, plain Hyperband, random search and the reference
 implementation (hpbandster) at equal total budget, and the cost of one proposal with 300 observations.
 
-    python bench/bohb_regret.py                 # 10 seeds, 2 functions, 21 iterations: about 2 min
+    python bench/bohb_regret.py --record        # 10 seeds, 2 functions, 21 iterations: minutes
     pip install hpbandster                      # the reference column only; never a dependency
+
+--record writes the printed figures into bench/RESULTS.md.
 
 The test functions are Branin (2-D) and Hartmann-6 with the budget-dependent bias of Kandasamy et al.
 (ICML 2017): the fidelity z = budget / max_budget shifts the function's coefficients, so low budgets
@@ -24,7 +26,9 @@ import warnings
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bohb  # noqa: E402
+from results import recorded  # noqa: E402
 
 HARTMANN_SPACE = {f"x{j}": (float, 0.0, 1.0) for j in range(6)}
 HARTMANN_MIN = -3.32237
@@ -124,7 +128,14 @@ def main():
     parser.add_argument("--min-budget", type=float, default=30, help="smallest budget (paper: 30)")
     parser.add_argument("--max-budget", type=float, default=120, help="largest budget (paper: 120)")
     parser.add_argument("--eta", type=int, default=2, help="successive-halving rate (paper: 2)")
+    parser.add_argument("--record", action="store_true", help="write the figures into bench/RESULTS.md")
     args = parser.parse_args()
+    with recorded("bohb_regret", "BOHB against random search, Hyperband and hpbandster (bench/bohb_regret.py)",
+                  "python bench/bohb_regret.py --record", enabled=args.record):
+        measure(args)
+
+
+def measure(args):
     warnings.filterwarnings("ignore", category=DeprecationWarning)  # hpbandster's ConfigSpace calls
     warnings.filterwarnings("ignore", category=FutureWarning)  # and its statsmodels and pandas ones
     logging.getLogger("hpbandster").setLevel(logging.ERROR)

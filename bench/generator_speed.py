@@ -1,9 +1,10 @@
 """Generator speed: sampling + build time, and forward+backward time per image, for the smallest,
 a middle and the largest θ; and the batched weighted sum of DAG.forward against a loop of adds.
 
-    python bench/generator_speed.py            # CPU here; on a GPU machine it uses cuda:0
+    python bench/generator_speed.py --record   # CPU here; on a GPU machine it uses cuda:0
 
-Prints one line per θ. Timings are medians of a few repeats after a warm-up step.
+Prints one line per θ. Timings are medians of a few repeats after a warm-up step. --record writes the
+printed figures into bench/RESULTS.md.
 """
 import os
 import statistics
@@ -13,7 +14,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import generator as G  # noqa: E402
+from results import recorded  # noqa: E402
 
 THETAS = {
     "all-min": {k: lo for k, (_, lo, _) in G.SPACE.items()},
@@ -38,6 +41,12 @@ def timed(fn, repeats, device):
 
 def main():
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+    with recorded("generator_speed", "Generator: sampling, building, a training step (bench/generator_speed.py)",
+                  "python bench/generator_speed.py --record", device, enabled="--record" in sys.argv[1:]):
+        measure(device)
+
+
+def measure(device):
     batch = 96 if device.type == "cuda" else 16
     print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {batch}")
     for name, theta in THETAS.items():

@@ -2,10 +2,12 @@
 between `<!-- begin NAME -->` and `<!-- end NAME -->`, and rewrites it with the date, the machine and
 the versions beside its figures; the README quotes this file, docstrings give the commands."""
 import datetime
+import io
 import os
 import platform
 import re
 import sys
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 import torch
@@ -33,3 +35,24 @@ def record(name, title, command, text, path=RESULTS):
     new = pattern.sub(lambda _: body, old) if pattern.search(old) else old.rstrip() + "\n\n" + body + "\n"
     path.write_text(new)
     return path
+
+
+@contextmanager
+def recorded(name, title, command, device="cpu", enabled=True):
+    """Print as usual; with `enabled` (a script's --record), also write what was printed into the
+    script's section of RESULTS.md, under the machine line."""
+    printed = io.StringIO()
+
+    class Tee(io.TextIOBase):
+        def write(self, text):
+            sys.__stdout__.write(text)
+            return printed.write(text)
+
+        def flush(self):
+            sys.__stdout__.flush()
+
+    with redirect_stdout(Tee()):
+        yield
+    if enabled:
+        path = record(name, title, command, f"{machine(device)}\n\n```\n{printed.getvalue().rstrip()}\n```")
+        print(f"recorded in {path}")

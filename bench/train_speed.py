@@ -11,19 +11,10 @@ the on-device pipeline at least 5x torchvision's DataLoader; KD at most 1.4x a c
 3. Training again with AMP + channels_last against float32 + contiguous on CUDA; with bf16 autocast
    (--amp bf16) against float32 on the CPU.
 
-    python bench/train_speed.py --data-dir /tmp/cifar10-jpeg --threads 1   # CIFAR-10 image folder, ~3 min
+    python bench/train_speed.py --data-dir /tmp/cifar10-jpeg --threads 1 --record   # a CIFAR-10 image folder
 
-Measured 2026-11-25 on the project's 2-core AMD EPYC VM (no GPU; other jobs running beside it),
-torch 2.14.1, `--threads 1` for the training part (a busy 2-core machine makes every op wait for a
-descheduled pool thread), full DARTS teacher (C = 36, 20 cells, 3.83 M parameters):
-
-    on-device batched augmentation  381,335 img/s  (23.5x)   one torch thread 216,462 img/s (13.3x)
-    torchvision DataLoader, 2 workers, PIL   16,231 img/s
-    fp32           cross-entropy 34.8 img/s, KD 24.7 img/s: KD step costs 1.41x
-    bf16 autocast  cross-entropy 45.4 img/s, KD 33.2 img/s: KD step costs 1.37x
-
-The KD cost is the teacher's forward pass (as many MACs as the student's forward, 0.53 G per image)
-over a student's forward + backward; the teacher runs in channels_last (2x faster on this CPU).
+--record writes the printed figures into bench/RESULTS.md. The KD cost is the teacher's forward pass
+over a student's forward + backward; the teacher runs in channels_last (faster on the CPU too).
 """
 import argparse
 import dataclasses
@@ -39,6 +30,7 @@ import data as D  # noqa: E402
 import generator as G  # noqa: E402
 import train as T  # noqa: E402
 from generator_speed import THETAS  # noqa: E402  (the same "middle" θ as the generator benchmark)
+from results import recorded  # noqa: E402
 
 
 def sync(device):
@@ -72,8 +64,8 @@ def epoch_rate(make_batches, device, epochs):
     for _ in range(epochs):
         sync(device)
         start, seen = time.perf_counter(), 0
-        for x, y in make_batches():
-            seen += len(y)
+        for batch in make_batches():
+            seen += len(batch[1])
         sync(device)
         best = max(best, seen / (time.perf_counter() - start))
     return best
@@ -102,8 +94,9 @@ def train_rate(data, teacher, alpha, device, amp, channels_last):
     """Images/s of train.fit's second epoch (the first one warms up kernels and caches)."""
     torch.manual_seed(0)
     student = G.build(G.sample(THETAS["middle"], 0, data.image_size, data.num_classes))
-    result = T.fit(student, data, 2, teacher if alpha > 0 else None, 4.0, alpha, device, 0,
-                   amp=amp, channels_last=channels_last, log=lambda line: None)
+    protocol = T.Protocol(epochs=2, amp=amp, channels_last="on" if channels_last else "off", bn_batches=1)
+    result = T.fit(student, data, protocol, teacher if alpha > 0 else None, 4.0, alpha, device=device,
+                   log=lambda line: None)
     return result["history"][-1]["images_per_s"], sum(p.numel() for p in student.parameters())
 
 
@@ -113,7 +106,7 @@ def main(argv=None):
     p.add_argument("--data-dir", default=None, help="its folder (layouts in data.py)")
     p.add_argument("--cache-dir", default=None, help="image-folder cache (default ~/.cache/autokd)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--batch-size", type=int, default=T.BATCH_SIZE, help="batch size")
+    p.add_argument("--batch-size", type=int, default=T.Protocol.batch_size, help="batch size")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for the comparison")
     p.add_argument("--pipeline-epochs", type=int, default=2,
                    help="full passes over the training split per pipeline (the fastest counts)")
@@ -125,8 +118,15 @@ def main(argv=None):
                         "machine 1 avoids waiting for descheduled pool threads at every op")
     p.add_argument("--teacher-width", type=int, default=36, help="DARTS teacher's initial channels")
     p.add_argument("--teacher-layers", type=int, default=20, help="DARTS teacher's cells")
+    p.add_argument("--record", action="store_true", help="write the figures into bench/RESULTS.md")
     args = p.parse_args(argv)
     device = torch.device(args.device)
+    with recorded("train_speed", "Data pipeline and KD overhead (bench/train_speed.py)",
+                  "python bench/train_speed.py --data-dir DIR --threads 1 --record", device, enabled=args.record):
+        measure(args, device)
+
+
+def measure(args, device):
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"CPU, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
     print(f"device: {name}; torch {torch.__version__}")

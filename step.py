@@ -165,18 +165,21 @@ class KDStep:
         saved = {k: v.clone() for k, v in self.model.state_dict().items()}
         # Alone in the process: the other students' steps move the device's random generator, and
         # torch.cuda.graph synchronises the device and empties the allocator's cache as it starts.
-        with DEVICE_RNG.hold(exclusive=True):
+        # The random state is put back too, so that dropout draws what it would have drawn eagerly.
+        with DEVICE_RNG.hold(exclusive=True), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
             self.record(x, y, lesson, saved)
 
     def record(self, x, y, lesson, saved):
         try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):  # warm-up: cuDNN picks kernels, buffers get allocated
-                for _ in range(3):
+            side = torch.cuda.Stream() if x.is_cuda else None  # (on the CPU, recording fails below)
+            if side is not None:
+                side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side) if side is not None else nullcontext():
+                for _ in range(3):  # warm-up: cuDNN picks kernels, buffers get allocated
                     self.optimizer.zero_grad(set_to_none=True)
                     self.update(x, y, lesson)
-            torch.cuda.current_stream().wait_stream(side)
+            if side is not None:
+                torch.cuda.current_stream().wait_stream(side)
             self.static = [x.clone(), y.clone(), None if lesson is None else lesson.clone()]
             self.optimizer.zero_grad(set_to_none=True)
             graph = torch.cuda.CUDAGraph()

@@ -1,5 +1,6 @@
 """train.py and data.py on CPU: the real data-set code paths on tiny files written here in the real
 on-disk formats, augmentation against a brute-force reference, exact resume, and the failure modes."""
+import dataclasses
 import hashlib
 import math
 import pickle
@@ -451,3 +452,22 @@ def test_shared_exclusive_lock_lets_a_recording_go_first():
     for t in threads:
         t.join(5)
     assert order == ["step 1", "recording", "step 2"]
+
+
+def test_a_failed_recording_is_said_once_and_trains_like_eager(digits, capsys):
+    """On the CPU recording a CUDA graph fails after the warm-up steps: the step says so once, puts
+    the weights, buffers and momentum back, and the run's losses and weights are eager's exactly."""
+    data = dataclasses.replace(digits, train=D.TensorSplit(digits.train.x[:256], digits.train.y[:256]))
+    runs = []
+    for capture in (False, True):
+        net = model(seed=2)
+        run = T.setup(net, data, T.Protocol(epochs=2, batch_size=64), None, T.TAU, 0.0, torch.device("cpu"), 0,
+                      None, 0)
+        run.step.can_capture = capture
+        losses = [T.train_epoch(run, data.generator(0))[0] for _ in range(2)]
+        runs.append((losses, [p.detach().clone() for p in net.parameters()], run.step.failure))
+    (eager, w_eager, _), (tried, w_tried, failure) = runs
+    assert failure is not None and capsys.readouterr().err.count("training eagerly") == 1
+    assert tried == eager
+    for a, b in zip(w_eager, w_tried):
+        assert torch.equal(a, b)

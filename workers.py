@@ -12,8 +12,11 @@ own CUDA stream. Kernels of separate processes on one GPU do not run at the same
 MPS runs (without it the GPU time-slices between their contexts); kernels on separate streams of one
 process do, and the students share one copy of the data set, of the teacher and of its lessons. The
 training step is one CUDA graph replay (train.KDStep), so the threads barely contend for Python.
-`python bench/gpu_check.py` measures both ways (bench/RESULTS.md). On the CPU each worker is a
-process of its own with one student, and the cores are split between them.
+`python bench/gpu_check.py` measures both ways (bench/RESULTS.md). The students of one process draw
+their dropout from the device's one random stream, so with N > 1 a student's dropout masks depend on
+its neighbours; its architecture, initial weights, data order and augmentation stay seeded by its
+evaluation alone. On the CPU each worker is a process of its own with one student, and the cores are
+split between them.
 
 Faults: a student that fails, CUDA out of memory included, fails its own evaluation only. A worker
 process that dies fails the evaluations it was running and is replaced for the next ones. A worker

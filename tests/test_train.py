@@ -418,17 +418,19 @@ def test_shared_exclusive_lock_lets_a_recording_go_first():
     import threading
     lock, order = step.SharedExclusiveLock(), []
     step_running, release_step, release_recording = threading.Event(), threading.Event(), threading.Event()
+    recording_running = threading.Event()
 
     def first_step():
         with lock.hold():
             order.append("step 1")
             step_running.set()
-            release_step.wait(5)
+            release_step.wait(30)
 
     def recording():
         with lock.hold(exclusive=True):
             order.append("recording")
-            release_recording.wait(5)
+            recording_running.set()
+            release_recording.wait(30)
 
     def later_step():
         with lock.hold():
@@ -446,11 +448,12 @@ def test_shared_exclusive_lock_lets_a_recording_go_first():
     threads[2].join(0.2)
     assert order == ["step 1"]  # step 2 waits behind the waiting recording
     release_step.set()
-    threads[1].join(0.2)
+    assert recording_running.wait(30)
+    threads[2].join(0.2)
     assert order == ["step 1", "recording"]  # the recording runs alone
     release_recording.set()
     for t in threads:
-        t.join(5)
+        t.join(30)
     assert order == ["step 1", "recording", "step 2"]
 
 

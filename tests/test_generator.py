@@ -5,6 +5,7 @@ second Python process, and the real module's own parameter count."""
 import itertools
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -366,6 +367,22 @@ def test_cli_prints_summary_saves_and_reloads(tmp_path):
     assert arch == json.loads(json.dumps(G.sample(MIN, 2)))
     again = run_cli("--arch", str(tmp_path / "arch.json"))
     assert again.returncode == 0 and f"{arch['params']:,}" in again.stdout
+
+
+def test_readme_generator_figures_and_imagenet_command():
+    """The README's figures for the all-min and all-max θ, and its 224 px command (copied from the
+    README, run as written) with the MACs the ImageNet cost estimate uses."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    for theta, width, params in ((MIN, 49, 3_952_396), (MAX, 8, 3_769_376)):
+        arch = G.sample(theta, 0)
+        assert (arch["width"], arch["params"]) == (width, params)
+        assert f"width {width} and {params:,}" in " ".join(readme.split())
+    command = next(line for line in readme.splitlines() if "--image-size 224 --num-classes 1000" in line)
+    args = shlex.split(command.strip().strip("(`),"))
+    assert args[:2] == ["python", "generator.py"]
+    out = run_cli(*args[2:])
+    assert out.returncode == 0, out.stderr
+    assert "MACs    1,984.3 M per 224 px image" in out.stdout and "1,984 M MACs" in readme
 
 
 @pytest.mark.parametrize("args,fragment", [

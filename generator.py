@@ -155,22 +155,24 @@ def choose_width(arch):
     real module. Outside the stem every parameter tensor's size is a product of at most two widths
     that are each linear in C (stage widths C, 2C, 4C; the head's 1280; the classes), so that count
     is exactly a quadratic a·C² + b·C + c: three counts fix it. The stem (C // 2 channels at 224 px)
-    is counted on its own at each width tried. Widths start at 2 (the 224 px stem halves C)."""
+    is counted on its own at each width tried (from 2 at 224 px, where the stem halves C)."""
     limit = arch["max_params"]
 
     def stem_count(width):
         with torch.device("meta"):
             return sum(p.numel() for p in stem(width, arch["image_size"]).parameters())
 
-    r2, r3, r4 = (count_params(arch, w) - stem_count(w) for w in (2, 3, 4))
+    first = 1 if arch["image_size"] < SMALL_IMAGE else 2
+    r0, r1, r2 = (count_params(arch, first + i) - stem_count(first + i) for i in range(3))
 
-    def count(width):  # Newton's form through widths 2, 3, 4, in exact integers
-        t = width - 2
-        return r2 + (r3 - r2) * t + (r4 - 2 * r3 + r2) * (t * (t - 1) // 2) + stem_count(width)
+    def count(width):  # Newton's form through widths first, first + 1, first + 2, in exact integers
+        t = width - first
+        return r0 + (r1 - r0) * t + (r2 - 2 * r1 + r0) * (t * (t - 1) // 2) + stem_count(width)
 
-    if count(2) > limit:
-        raise ValueError(f"no width fits {limit:,} parameters: even width 2 has {count(2):,}; raise --max-params.")
-    low, high = 2, 4  # the count grows with the width: double, then bisect, keeping count(low) <= limit
+    if count(first) > limit:
+        raise ValueError(f"no width fits {limit:,} parameters: even width {first} has {count(first):,}; "
+                         f"raise --max-params.")
+    low, high = first, 2 * first  # the count grows with the width: double, then bisect, count(low) <= limit
     while count(high) <= limit:
         low, high = high, 2 * high
     while high - low > 1:

@@ -56,7 +56,7 @@ SEARCH_PRESETS = {
 }
 # The search phase's training protocol. The paper (Sec. 4): "all remaining training parameters were
 # set following Ru et al. (2020)". Where Ru et al. state a setting for their search, we follow it:
-#   budgets 30 / 60 / 120 epochs, η = 2     their paper and released configuration (SEARCH_PRESETS)
+#   budgets 30 / 60 / 120 epochs, η = 2     AutoKD Sec. 4 and the released configuration (SEARCH_PRESETS)
 #   SGD, momentum 0.9, weight decay 1e-4    released configuration, examples/nas/nago/nago.yml
 #   crop and flip, no cutout                its CIFAR-10 transforms (cutout is a final-training setting)
 # and where they do not, DARTS's (train.Protocol's defaults):

@@ -9,7 +9,10 @@ higher level is a whole graph of the level below.
     bottom  a module: graph of units  Watts-Strogatz   bottom_nodes, bottom_k, bottom_p
     unit    ReLU -> Conv3x3 -> BatchNorm
 
-Two steps, so that an architecture can be saved beside a result and rebuilt bit-for-bit:
+The network is stemmed, wired across stages and initialised as in NAGO's released code
+(github rubinxin/vega_NAGO, zeus/networks/pytorch/customs/utils/layer.py): same parameter count,
+less the conv biases that a BatchNorm cancels. Two steps, so that an architecture can be saved
+beside a result and rebuilt bit-for-bit:
 
     arch = sample(theta, seed)    # plain JSON data: every graph, the stage of every cell, the width
     model = build(arch)           # the torch.nn.Module
@@ -25,7 +28,6 @@ MACs and activation memory per sample, and draws the three levels like the paper
 (`python bench/generator_speed.py` times sampling, building and training steps; bench/RESULTS.md).
 """
 
-import math
 import sys
 import time
 import weakref
@@ -81,9 +83,10 @@ def random_graph(model, n, seed, path, k=None, p=None):
     Watts-Strogatz: networkx's connected_watts_strogatz_graph, which redraws until the graph is
     connected. networkx joins each node to k // 2 neighbours per side, so k = 3 builds the same ring
     as k = 2; the released [2, 5] range is kept for fidelity. Like the released NAGO code, k is
-    clipped to n − 1 (k = n would be the complete graph whatever the rewiring). Erdős-Rényi: redrawn
-    with the next derived seed until connected. Every draw anywhere in the box is connected with
-    probability > 0.1, so a handful of draws suffice.
+    clipped to n − 1, so a k of n or more still builds a rewired ring (networkx would return the
+    complete graph for k = n). Erdős-Rényi: redrawn with the next derived seed until connected. Every
+    draw in the box is connected with probability above 8 % (4 nodes at p = 0.2 is the worst), so a
+    few dozen draws suffice; the released code gives up after 30 and then fails.
     """
     if model == "ws":
         return nx.connected_watts_strogatz_graph(n, min(k, n - 1), p, tries=10_000, seed=derived_seed(seed, *path))
@@ -143,48 +146,73 @@ def count_params(arch, width):
     """Exact parameter count of build(arch) at base width `width`; built on the meta device, so no
     memory is allocated and no weights are initialised."""
     with torch.device("meta"):
-        return sum(p.numel() for p in build({**arch, "width": width}).parameters())
+        return sum(p.numel() for p in Network({**arch, "width": width}).parameters())
 
 
 def choose_width(arch):
     """Paper Sec. 4: the largest base width C whose exact parameter count (head included) is within
     the limit. NAGO used an approximate formula that misses the head and the 1x1 convs; we count the
-    real module. Every parameter tensor's size is a product of at most two widths that are each
-    linear in C (stage widths C, 2C, 4C; the head's 1280; the classes), so the count is exactly a
-    quadratic a·C² + b·C + c: three counts fix it, and C is its largest integer within the limit."""
+    real module. Outside the stem every parameter tensor's size is a product of at most two widths
+    that are each linear in C (stage widths C, 2C, 4C; the head's 1280; the classes), so that count
+    is exactly a quadratic a·C² + b·C + c: three counts fix it. The stem (C // 2 channels at 224 px)
+    is counted on its own at each width tried (from 2 at 224 px, where the stem halves C)."""
     limit = arch["max_params"]
-    p1, p2, p3 = (count_params(arch, c) for c in (1, 2, 3))
-    a2 = p3 - 2 * p2 + p1  # 2a, an integer
-    b = p2 - p1 - 3 * a2 // 2
-    c0 = p1 - a2 // 2 - b
 
-    def count(width):
-        return a2 * width * width // 2 + b * width + c0
+    def stem_count(width):
+        with torch.device("meta"):
+            return sum(p.numel() for p in stem(width, arch["image_size"]).parameters())
 
-    if count(1) > limit:
-        raise ValueError(f"no width fits {limit:,} parameters: even width 1 has {count(1):,}; raise --max-params.")
-    width = max(1, int((-b + math.sqrt(b * b - 2 * a2 * (c0 - limit))) / a2))
-    while count(width + 1) <= limit:  # mend float rounding of the root, in exact integers
-        width += 1
-    while count(width) > limit:
-        width -= 1
-    return width, count(width)
+    first = 1 if arch["image_size"] < SMALL_IMAGE else 2
+    r0, r1, r2 = (count_params(arch, first + i) - stem_count(first + i) for i in range(3))
+
+    def count(width):  # Newton's form through widths first, first + 1, first + 2, in exact integers
+        t = width - first
+        return r0 + (r1 - r0) * t + (r2 - 2 * r1 + r0) * (t * (t - 1) // 2) + stem_count(width)
+
+    if count(first) > limit:
+        raise ValueError(f"no width fits {limit:,} parameters: even width {first} has {count(first):,}; "
+                         f"raise --max-params.")
+    low, high = first, 2 * first  # the count grows with the width: double, then bisect, count(low) <= limit
+    while count(high) <= limit:
+        low, high = high, 2 * high
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if count(mid) <= limit else (low, mid)
+    return low, count(low)
 
 
 # ----------------------------------------------------------------------------------------------
 # Building: architecture data -> torch.nn.Module
 
-def unit(c):
-    """The operation unit at the bottom level: ReLU -> Conv3x3 -> BatchNorm, stride 1."""
-    return nn.Sequential(nn.ReLU(), nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+def unit(c_in, c_out):
+    """The operation unit at the bottom level: ReLU -> Conv3x3 -> BatchNorm, stride 1. As in NAGO, a
+    cell that receives a narrower input widens it here, in the units that read the cell's input."""
+    return nn.Sequential(nn.ReLU(), nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out))
 
 
-def adapter(c_in, c_out, factor):
-    """An edge into a cell of another stage: average-pool down by `factor`, then a 1x1 conv + BN."""
-    if c_in == c_out and factor == 1:
-        return nn.Identity()
-    pool = [nn.AvgPool2d(factor)] if factor > 1 else []
-    return nn.Sequential(*pool, nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out))
+def separable(c_in, c_out, stride):
+    """NAGO's depthwise-separable conv: a 3x3 depthwise conv, then a 1x1 pointwise conv."""
+    return nn.Sequential(nn.Conv2d(c_in, c_in, 3, stride, padding=1, groups=c_in, bias=False),
+                         nn.Conv2d(c_in, c_out, 1, bias=False))
+
+
+def stem(c, image_size):
+    """NAGO's stems. Small images: Conv3x3 -> BN -> ReLU -> Conv3x3 -> BN at full resolution. Large
+    images (224 px -> 56 px): a stride-2 separable conv 3 -> C // 2 and BN, then a stride-2 separable
+    ReLU-Conv-BN unit C // 2 -> C. No conv whose output a BatchNorm normalises has a bias: the BN
+    cancels it (NAGO's code keeps such biases; they change the parameter count, nothing else)."""
+    if image_size < SMALL_IMAGE:
+        return nn.Sequential(nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+                             nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+    return nn.Sequential(separable(3, c // 2, 2), nn.BatchNorm2d(c // 2),
+                         nn.ReLU(), separable(c // 2, c, 2), nn.BatchNorm2d(c))
+
+
+def edge(factor, c_in, c_out=None):
+    """An edge between cells (NAGO's merge): average-pooled down by `factor` to the receiving cell's
+    resolution, then, where c_out is given, projected by a 1x1 conv with a bias and no BatchNorm."""
+    layers = ([nn.AvgPool2d(factor)] if factor > 1 else []) + ([nn.Conv2d(c_in, c_out, 1)] if c_out else [])
+    return nn.Sequential(*layers) if layers else nn.Identity()
 
 
 class DAG(nn.Module):
@@ -192,26 +220,30 @@ class DAG(nn.Module):
 
     A node with several inputs takes their sum weighted by sigmoid(w) (a learned positive weight per
     edge, w initialised to 1, as in randomly wired networks), computed as one batched product rather
-    than a Python loop of adds. `adapters` maps an edge (u, v), with u = "in" for the graph input and
-    v = "out" for the output average, to the module that changes its width and resolution.
+    than a Python loop of adds. `edges` maps an edge (u, v), with u = "in" for the graph input and
+    v = "out" for the output average, to the module that changes its resolution and width; an edge
+    in `projected` goes through a 1x1 conv and, as in NAGO, joins the sum without a weight.
     """
 
-    def __init__(self, graph, nodes, adapters=None):
+    def __init__(self, graph, nodes, edges=None, projected=()):
         super().__init__()
         n = graph["nodes"]
         self.nodes = nn.ModuleList(nodes)
         self.inputs, self.outputs = set(graph["inputs"]), list(graph["outputs"])
-        self.preds = [[u for u, w in graph["edges"] if w == v] for v in range(n)]
+        # each node's inputs, the weighted ones first, then the projected ones
+        self.preds = [sorted((u for u, w in graph["edges"] if w == v), key=lambda u: (u, v) in projected)
+                      for v in range(n)]
+        self.unweighted = [sum((u, v) in projected for u in p) for v, p in enumerate(self.preds)]
         # the last node that reads each output, so inference can free it early
         self.last_use = [max([v for u, v in graph["edges"] if u == x], default=n) for x in range(n)]
-        self.edge_w = nn.ParameterDict({str(v): nn.Parameter(torch.ones(len(p)))
+        self.edge_w = nn.ParameterDict({str(v): nn.Parameter(torch.ones(len(p) - self.unweighted[v]))
                                         for v, p in enumerate(self.preds) if len(p) > 1})
-        self.adapters = nn.ModuleDict({f"{u}->{v}": m for (u, v), m in (adapters or {}).items()
-                                       if not isinstance(m, nn.Identity)})
+        self.edges = nn.ModuleDict({f"{u}->{v}": m for (u, v), m in (edges or {}).items()
+                                    if not isinstance(m, nn.Identity)})
 
     def adapt(self, x, u, v):
         key = f"{u}->{v}"
-        return self.adapters[key](x) if key in self.adapters else x
+        return self.edges[key](x) if key in self.edges else x
 
     def forward(self, x):
         outs = {}
@@ -223,6 +255,8 @@ class DAG(nn.Module):
             else:
                 xs = torch.stack([self.adapt(outs[u], u, v) for u in self.preds[v]])  # (k, B, C, H, W)
                 w = torch.sigmoid(self.edge_w[str(v)]).to(xs.dtype)
+                if self.unweighted[v]:
+                    w = torch.cat([w, w.new_ones(self.unweighted[v])])  # (k,)
                 h = torch.tensordot(w, xs, dims=1)  # (B, C, H, W)
             outs[v] = node(h)
             for u in self.preds[v]:
@@ -233,31 +267,30 @@ class DAG(nn.Module):
 
 
 class Network(nn.Module):
-    """Stem -> top-level DAG of cells (three stages, widths C, 2C, 4C) -> head."""
+    """Stem -> top-level DAG of cells (three stages, widths C, 2C, 4C) -> head, wired as NAGO's
+    released code wires them. A cell reads its inputs at the width of its last (highest-id, so
+    latest-stage) input, or the stem's C; its other inputs of another width are projected to that by
+    a 1x1 conv; its first units convert it to the cell's own width. Every input is average-pooled to
+    the cell's resolution (NAGO pools adaptively: the same wherever the size divides, as it does for
+    every data set here). The output cells are pooled to the last stage, projected to its width
+    where theirs differs, and averaged."""
 
     def __init__(self, arch):
         super().__init__()
-        c, ratios = arch["width"], arch["stage_ratios"]
-        widths = [c * ratios[cell["stage"]] for cell in arch["cells"]]
+        c, ratios, top = arch["width"], arch["stage_ratios"], arch["top"]
         stages = [cell["stage"] for cell in arch["cells"]]
-        if arch["image_size"] < SMALL_IMAGE:
-            self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
-                                      nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
-        else:  # two stride-2 stems: 224 px -> 56 px
-            self.stem = nn.Sequential(nn.Conv2d(3, c, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(c),
-                                      nn.ReLU(), nn.Conv2d(c, c, 3, stride=2, padding=1, bias=False),
-                                      nn.BatchNorm2d(c))
-        cells = [DAG(cell["graph"], [DAG(m, [unit(w) for _ in range(m["nodes"])]) for m in cell["modules"]])
-                 for cell, w in zip(arch["cells"], widths)]
-        top = arch["top"]
-        last = max(stages)
-        edges = [(u, v, widths[u], stages[u]) for u, v in top["edges"]] + \
-                [("in", v, c, 0) for v in top["inputs"]]
-        adapters = {(u, v): adapter(c_in, widths[v], 2 ** (stages[v] - s)) for u, v, c_in, s in edges}
-        adapters.update({(o, "out"): adapter(widths[o], c * ratios[last], 2 ** (last - stages[o]))
-                         for o in top["outputs"]})
-        self.cells = DAG(top, cells, adapters)
-        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(c * ratios[last], HEAD_WIDTH, 1, bias=False),
+        widths = [c * ratios[s] for s in stages]  # the last cell is in the last stage
+        preds = [[u for u, w in top["edges"] if w == v] for v in range(top["nodes"])]
+        reads = [widths[max(p)] if p else c for p in preds]
+        projected = {(u, v) for u, v in top["edges"] if len(preds[v]) > 1 and widths[u] != reads[v]}
+        edges = {(u, v): edge(2 ** (stages[v] - stages[u]), widths[u], reads[v] if (u, v) in projected else None)
+                 for u, v in top["edges"]}
+        edges.update({("in", v): edge(2 ** stages[v], c) for v in top["inputs"]})
+        edges.update({(o, "out"): edge(2 ** (stages[-1] - stages[o]), widths[o],
+                                       widths[-1] if widths[o] != widths[-1] else None) for o in top["outputs"]})
+        self.stem = stem(c, arch["image_size"])
+        self.cells = DAG(top, [cell_module(*args) for args in zip(arch["cells"], reads, widths)], edges, projected)
+        self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(widths[-1], HEAD_WIDTH, 1, bias=False),
                                   nn.BatchNorm2d(HEAD_WIDTH), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                   nn.Dropout(0.2), nn.Linear(HEAD_WIDTH, arch["num_classes"]))
 
@@ -265,9 +298,22 @@ class Network(nn.Module):
         return self.head(self.cells(self.stem(x)))
 
 
+def cell_module(cell, c_in, c):
+    """A cell of width c that reads width c_in: the input units of its input modules convert it."""
+    graph = cell["graph"]
+    return DAG(graph, [DAG(m, [unit(c_in if i in graph["inputs"] and u in m["inputs"] else c, c)
+                               for u in range(m["nodes"])]) for i, m in enumerate(cell["modules"])])
+
+
 def build(arch):
-    """The torch.nn.Module of an architecture sampled by `sample` (or loaded from its JSON)."""
-    return Network(arch)
+    """The torch.nn.Module of an architecture sampled by `sample` (or loaded from its JSON), with
+    NAGO's initialisation: every conv Kaiming-normal (fan_out, ReLU gain); BatchNorm (weight 1, bias
+    0), the classifier and conv biases keep PyTorch's. (PyTorch's own conv init is 2.4 times smaller.)"""
+    model = Network(arch)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return model
 
 
 # ----------------------------------------------------------------------------------------------
@@ -349,18 +395,14 @@ def draw(arch, path):
     fig, axes = plt.subplots(1, 3, figsize=(15, 5))
     for ax, (title, graph, stages) in zip(axes, panels):
         g = nx.DiGraph()
-        g.add_nodes_from(range(graph["nodes"]))
+        g.add_nodes_from(range(graph["nodes"]))  # in id order: the colours follow it
         g.add_edges_from(map(tuple, graph["edges"]))
         for layer, nodes in enumerate(nx.topological_generations(g)):  # left to right by depth
-            for v in nodes:
-                g.nodes[v]["layer"] = layer
-        pos = nx.multipartite_layout(g, subset_key="layer")
-        if stages is not None:
-            colors = [["#f4d35e", "#ee964b", "#f95738"][s] for s in stages]
-        else:
-            colors = ["#f4d35e" if v in graph["inputs"] else "#5fa8d3" if v in graph["outputs"] else "#bbbbbb"
-                      for v in g]
-        nx.draw_networkx(g, pos, ax=ax, node_color=colors, arrows=True, node_size=400, font_size=8)
+            g.add_nodes_from(nodes, layer=layer)
+        colors = ([["#f4d35e", "#ee964b", "#f95738"][s] for s in stages] if stages is not None else
+                  ["#f4d35e" if v in graph["inputs"] else "#5fa8d3" if v in graph["outputs"] else "#bbbbbb" for v in g])
+        nx.draw_networkx(g, nx.multipartite_layout(g, subset_key="layer"), ax=ax, node_color=colors, arrows=True,
+                         node_size=400, font_size=8)
         ax.set_title(title)
         ax.axis("off")
     t = arch["theta"]

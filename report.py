@@ -129,7 +129,8 @@ def print_tables(searches, retrains):
         print(f"        {'run':<28} {'k':>3} {'accuracy %':>15} {'params M':>9} {'MiB/sample':>10}")
         for summary, label in retrains:
             students = summary["students"]
-            print(f"        {label:<28} {summary['k']:>3} {summary['mean']:>8.2f} ± {summary['std']:<4.2f} "
+            spread = f"± {summary['std']:<4.2f}" if summary["std"] is not None else ""  # None: one architecture
+            print(f"        {label:<28} {summary['k']:>3} {summary['mean']:>8.2f} {spread:<6} "
                   f"{np.mean([s['params'] for s in students]) / 1e6:>9.3f} "
                   f"{np.mean([s['memory_mb'] for s in students]):>10.3f}")
             if summary.get("teacher"):

@@ -57,29 +57,34 @@ def train_student(index, seed, run):
 
 def table(rows, teacher):
     """The retrain table (Table 1 / Fig. 6 numbers) as text, and its statistics: the mean over
-    architectures of each one's mean accuracy, the spread across architectures (sample std of those
-    means) and across runs (the mean of each architecture's sample std over its runs)."""
+    architectures of each one's mean accuracy; the spread across architectures, the sample std of
+    those means (None for one architecture); the spread across runs of one architecture, the pooled
+    sample std √(Σ (n_i − 1)·s_i² / Σ (n_i − 1)), which weighs an architecture by its runs (None
+    when none has two)."""
     by_arch = {}
     for r in rows:
         by_arch.setdefault(r["index"], []).append(r)
     lines = [f"{'student':>8} {'seed':>6} {'runs':>4} {'test acc %':>15} {'params M':>9} {'MACs M':>9} {'MiB/sample':>10}"]
-    means, spreads = [], []
+    means, squares, dof = [], 0.0, 0
     for index, runs in sorted(by_arch.items()):
         acc = 100 * np.array([r["accuracy"] for r in runs])
         means.append(acc.mean())
-        spreads.append(acc.std(ddof=1) if len(acc) > 1 else np.nan)
+        squares, dof = squares + ((acc - acc.mean()) ** 2).sum(), dof + len(acc) - 1
+        spread = f"± {acc.std(ddof=1):<4.2f}" if len(acc) > 1 else ""
         r = runs[0]
-        lines.append(f"{index:>8} {r['seed']:>6} {len(acc):>4} {acc.mean():>8.2f} ± {spreads[-1]:<4.2f} "
+        lines.append(f"{index:>8} {r['seed']:>6} {len(acc):>4} {acc.mean():>8.2f} {spread:<6} "
                      f"{r['params'] / 1e6:>9.3f} {r['macs'] / 1e6:>9.1f} {r['memory_mb']:>10.3f}")
     means = np.array(means)
-    stats = {"mean": float(means.mean()), "std": float(means.std(ddof=1)) if len(means) > 1 else 0.0,
-             "run_std": float(np.nanmean(spreads)) if not np.all(np.isnan(spreads)) else None,
-             "k": len(means), "runs": len(rows)}
+    stats = {"mean": float(means.mean()), "std": float(means.std(ddof=1)) if len(means) > 1 else None,
+             "run_std": float(np.sqrt(squares / dof)) if dof else None, "k": len(means), "runs": len(rows)}
     first = [runs[0] for runs in by_arch.values()]
-    lines.append(f"{'mean':>8} {'':>6} {len(rows):>4} {stats['mean']:>8.2f} ± {stats['std']:<4.2f} "
+    spread = f"± {stats['std']:<4.2f}" if stats["std"] is not None else ""
+    lines.append(f"{'mean':>8} {'':>6} {len(rows):>4} {stats['mean']:>8.2f} {spread:<6} "
                  f"{np.mean([r['params'] for r in first]) / 1e6:>9.3f} {np.mean([r['macs'] for r in first]) / 1e6:>9.1f} "
                  f"{np.mean([r['memory_mb'] for r in first]):>10.3f}")
-    lines.append(f"spread across architectures ± {stats['std']:.2f}; across runs of one architecture "
+    lines.append("spread across architectures " + (f"± {stats['std']:.2f}" if stats["std"] is not None else
+                                                    "not measured (1 architecture)")
+                 + "; across runs of one architecture "
                  + (f"± {stats['run_std']:.2f}" if stats["run_std"] is not None else "not measured (1 run each)"))
     if teacher is not None:
         lines.append(f"{'teacher':>8} {'':>6} {'':>4} {100 * teacher['accuracy']:>8.2f}        "

@@ -359,8 +359,10 @@ def build_model(args, data):
     if args.arch != "darts" and darts_flags:
         raise common.UserError(f"--{'/--'.join(k.replace('_', '-') for k in darts_flags)} apply to "
                                f"--arch darts only; drop them")
-    if args.pretrained and args.arch != "inception_resnet_v2":
-        raise common.UserError("--pretrained applies to --arch inception_resnet_v2 only; drop it")
+    if (args.weights or args.from_scratch) and args.arch != "inception_resnet_v2":
+        raise common.UserError("--weights and --from-scratch apply to --arch inception_resnet_v2 only; drop them")
+    if args.weights and args.from_scratch:
+        raise common.UserError("--weights gives the initial weights and --from-scratch refuses them; drop one")
     if args.arch is not None and args.max_params is not None:
         raise common.UserError("--max-params limits a --theta student; a teacher's size is set by its "
                                "architecture, so drop it")
@@ -371,8 +373,14 @@ def build_model(args, data):
                                 data.num_classes, args.max_params)
         return generator.build(arch), {"arch": "nago", "arch_options": {"arch": arch}}, config
     import teachers
-    options = {"pretrained": True} if args.pretrained else darts_flags
-    return teachers.build(args.arch, data.num_classes, **options), {"arch": args.arch, "arch_options": options}, {}
+    if args.arch == "darts":
+        model = teachers.build("darts", data.num_classes, **darts_flags)
+        return model, {"arch": "darts", "arch_options": darts_flags}, {}
+    # The paper's MIT67 teacher is fine-tuned from ImageNet weights; a resumed run's checkpoint holds them.
+    options = {"weights": common.absolute(args.weights)} if args.weights else {"pretrained": not args.from_scratch}
+    resumed = args.resume and Path(args.save).is_file()
+    model = teachers.build(args.arch, data.num_classes, **({} if resumed else options))
+    return model, {"arch": args.arch, "arch_options": options}, {}
 
 
 # The protocol's flags: one parser per setting, the defaults Protocol's (search.py and retrain.py
@@ -428,8 +436,11 @@ def parser():
     p.add_argument("--drop-path-prob", type=common.nonnegative_float, default=None,
                    help="darts: final drop-path probability, ramped from 0 (default 0.2)")
     p.add_argument("--no-auxiliary", action="store_true", help="darts: no auxiliary head")
-    p.add_argument("--pretrained", action="store_true",
-                   help="inception_resnet_v2: start from timm's ImageNet weights (needs their download)")
+    p.add_argument("--weights", default=None,
+                   help="inception_resnet_v2: timm's ImageNet weights from this file (model.safetensors of "
+                        "huggingface.co/timm/inception_resnet_v2.tf_in1k) instead of the hub")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="inception_resnet_v2: random initial weights, not timm's ImageNet ones (the default)")
     add_protocol_flags(p)
     p.add_argument("--device", type=common.device_name, default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device")

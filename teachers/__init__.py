@@ -21,7 +21,8 @@ PAPER_TEACHER = {"mit67": "inception_resnet_v2", "imagenet": "inception_resnet_v
 
 def build(name, num_classes, **options):
     """A new teacher network. darts options: width=36, layers=20, auxiliary=True, drop_path_prob=0.2;
-    inception_resnet_v2 options: pretrained=False."""
+    inception_resnet_v2 options: pretrained=False (True: timm's ImageNet weights from the hub),
+    weights=None (a file holding those weights)."""
     if name not in BUILDERS:
         raise common.UserError(f"unknown teacher {name!r}: choose one of {', '.join(BUILDERS)}")
     return BUILDERS[name](num_classes, **options)
@@ -57,7 +58,8 @@ def load(path, dataset, num_classes, device="cpu"):
         raise common.UserError(f"{path} was trained on {config.get('dataset')} ({config.get('num_classes')} "
                                f"classes), not {dataset} ({num_classes} classes): {_train_hint(dataset)}")
     options = dict(config.get("arch_options", {}))
-    options.pop("pretrained", None)  # the checkpoint has the weights: nothing to download
+    for key in ("pretrained", "weights"):  # the checkpoint has the weights: nothing to download or read
+        options.pop(key, None)
     model = build(arch, num_classes, **options)
     state = checkpoint["model"]
     broken = [k for k, v in state.items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]

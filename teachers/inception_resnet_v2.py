@@ -2,19 +2,69 @@
 
 AutoKD (Sec. 4) follows Liu et al. (2019b) and distils from Inception-ResNet-V2 (Szegedy et al.,
 "Inception-v4, Inception-ResNet and the Impact of Residual Connections on Learning", AAAI 2017) on the
-large-image data sets. timm is an optional dependency, imported only when this teacher is asked for.
+large-image data sets. Interpretation: the paper does not say how its MIT67 teacher was trained; a
+network of 54 M parameters (its Fig. 6) is normally fine-tuned from ImageNet weights on a set of
+5,360 training images, not trained from scratch, so train.py starts it from timm's ImageNet weights:
 
     python train.py --arch inception_resnet_v2 --dataset mit67 --data-dir data/mit67 --split final --save teacher.pt
+        --weights model.safetensors    timm's weights from a local file, where the hub cannot be reached
+        --from-scratch                 random initial weights instead
+
+The weights are timm's `inception_resnet_v2.tf_in1k` (WEIGHTS_PAGE), trained at 299 px with inputs
+scaled to [-1, 1]. The teacher here sees 224 px inputs normalised with ImageNet's mean and std, the
+students' own batches (a KD step feeds both the same augmented images); the paper gives neither size.
+Fine-tuning adapts the weights: a per-channel affine change of the input passes through the first conv
+into the first BatchNorm, which renormalises it. timm is an optional dependency, imported only here.
 """
+from pathlib import Path
+
+import common
+
+NAME = "inception_resnet_v2"
+WEIGHTS_PAGE = "https://huggingface.co/timm/inception_resnet_v2.tf_in1k"
+FETCH_HINT = (f"download model.safetensors from {WEIGHTS_PAGE} where the hub can be reached and pass "
+              f"--weights FILE, or start from random weights with --from-scratch")
 
 
-def build(num_classes, pretrained=False):
-    """Inception-ResNet-V2 with a new, randomly initialised classifier for num_classes classes.
-
-    pretrained=True starts the rest of the network from timm's ImageNet weights (a download from the
-    Hugging Face hub, for users who can reach it); with num_classes != 1000 timm replaces the classifier."""
+def build(num_classes, pretrained=False, weights=None):
+    """Inception-ResNet-V2 for num_classes classes: random weights; or, with pretrained=True, timm's
+    ImageNet weights from the Hugging Face hub; or those weights read from the file `weights`. A new,
+    random classifier replaces the ImageNet one unless num_classes is 1000. Raises a UserError naming
+    the fix when timm is missing, the hub cannot be reached, or the file is not those weights."""
     try:
         import timm
     except ImportError:
-        raise ImportError("the inception_resnet_v2 teacher needs timm: pip install timm") from None
-    return timm.create_model("inception_resnet_v2", pretrained=pretrained, num_classes=num_classes)
+        raise common.UserError("the inception_resnet_v2 teacher needs timm: pip install timm") from None
+    if weights is None:
+        try:
+            return timm.create_model(NAME, pretrained=pretrained, num_classes=num_classes)
+        except OSError as error:  # huggingface_hub's errors when it is offline or unreachable
+            first = common.describe(error).split(". ")[0]
+            raise common.UserError(f"timm's ImageNet weights for {NAME} could not be fetched ({first}): "
+                                   f"{FETCH_HINT}.") from None
+    model = timm.create_model(NAME, num_classes=num_classes)
+    load_weights(model, weights)
+    return model
+
+
+def load_weights(model, path):
+    """Load timm's ImageNet weights for this network from the file at `path` (safetensors, or a torch
+    file read with weights_only): every tensor must be there, except a classifier of another class count."""
+    if not Path(path).is_file():
+        raise common.UserError(f"--weights {path}: no such file; {FETCH_HINT}.")
+    from timm.models import load_state_dict
+    try:
+        state = load_state_dict(str(path))
+    except Exception as error:  # safetensors, pickle and torch each raise their own kind
+        raise common.UserError(f"--weights {path} is not a weights file ({type(error).__name__}); "
+                               f"{FETCH_HINT}.") from None
+    head = model.pretrained_cfg["classifier"]
+    own = model.state_dict()
+    new_head = {k for k in (f"{head}.weight", f"{head}.bias") if k not in state or state[k].shape != own[k].shape}
+    state = {k: v for k, v in state.items() if k not in new_head}
+    wrong = sorted(k for k in own if k not in new_head and (k not in state or state[k].shape != own[k].shape))
+    extra = sorted(set(state) - set(own))
+    if wrong or extra:
+        raise common.UserError(f"--weights {path} does not hold {NAME}'s weights ({(wrong + extra)[0]} is missing, "
+                               f"unexpected or of another shape); {FETCH_HINT}.")
+    model.load_state_dict(state, strict=False)

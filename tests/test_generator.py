@@ -1,9 +1,11 @@
-"""generator.py against independent references: networkx's DAG algorithms, hand-computed sums,
-sizes and MACs, a second Python process, and the real module's own parameter count."""
+"""generator.py against independent references: networkx's DAG algorithms and rings, hand-computed
+sums, sizes and MACs, parameter counts by hand from NAGO's construction rules, Kaiming's formula, a
+second Python process, and the real module's own parameter count."""
 
 import itertools
 import json
 import os
+import shlex
 import subprocess
 import sys
 
@@ -29,7 +31,8 @@ def random_theta(rng):
 
 
 def corners():
-    """All 2^8 corners of the box: the released NAGO code crashes on some (e.g. 3 nodes with k = 5)."""
+    """All 2^8 corners of the box: the released NAGO code fails on some draws (it gives up after 30
+    disconnected Erdős-Rényi graphs, which happens to 7 % of cells of 4 modules at p = 0.2)."""
     for bits in itertools.product((0, 1), repeat=len(G.SPACE)):
         yield {k: (MAX if b else MIN)[k] for k, b in zip(G.SPACE, bits)}
 
@@ -70,6 +73,18 @@ def test_every_corner_draws_valid_dags_without_building():
             for graph, n in ((top, theta["top_nodes"]), (mid, theta["mid_nodes"]), (bottom, theta["bottom_nodes"])):
                 assert graph["nodes"] == n
                 check_dag(graph)
+
+
+@pytest.mark.parametrize("k", [4, 5])
+def test_watts_strogatz_k_above_the_nodes_builds_networkx_ring_not_the_complete_graph(k):
+    """NAGO clips k to n - 1: with 4 nodes, k = 4 or 5 is networkx's ring of k = 3 (one neighbour per
+    side, 4 edges; rewiring moves edges but keeps their number), not K4's 6 edges."""
+    ring = nx.watts_strogatz_graph(4, 3, 0)
+    assert ring.number_of_edges() == 4 and nx.complete_graph(4).number_of_edges() == 6
+    assert set(G.random_graph("ws", 4, 0, (0,), k, 0.0).edges()) == set(ring.edges())  # p = 0: the ring itself
+    for seed in range(20):
+        for p in (0.1, 0.5, 1.0):
+            assert G.random_graph("ws", 4, seed, (0,), k, p).number_of_edges() == ring.number_of_edges()
 
 
 @pytest.mark.parametrize("image_size,limit", [(32, 4.0e6), (224, 6.0e6)])
@@ -174,7 +189,7 @@ def test_output_nodes_are_averaged():
     assert torch.allclose(dag(x), (6 * x + 10 * x) / 2)
 
 
-def test_edges_across_stages_are_pooled_and_projected():
+def test_cells_of_later_stages_run_at_lower_resolution_and_larger_width():
     """Cells of a later stage run at half the resolution and twice the width of the stage before."""
     arch = G.sample(MIN, seed=0)
     model = G.build(arch)
@@ -184,6 +199,123 @@ def test_edges_across_stages_are_pooled_and_projected():
     model(torch.randn(1, 3, 32, 32))
     c = arch["width"]
     assert sizes == [(c, 32, 32), (2 * c, 16, 16), (4 * c, 8, 8)]
+
+
+def one_unit_cells(top, stages, width=4, image_size=16):
+    """A hand-made architecture: each cell is one module of one unit."""
+    single = {"nodes": 1, "edges": [], "inputs": [0], "outputs": [0]}
+    return {"width": width, "stage_ratios": [1, 2, 4], "image_size": image_size, "num_classes": 3, "top": top,
+            "cells": [{"graph": single, "modules": [single], "stage": s} for s in stages]}
+
+
+def test_a_cell_with_inputs_of_two_widths_merges_them_as_nago_does():
+    """Cells 0 -> 1 -> 2 and 0 -> 2, in stages 0, 1, 2 (widths 4, 8, 16). Cell 2 reads at the width of
+    its last input, cell 1's 8: cell 0's output is pooled 4x and projected 4 -> 8 by a 1x1 conv with a
+    bias, and summed without a weight; cell 1's is pooled 2x and weighted by sigmoid(w). Cell 2's
+    unit converts 8 -> 16, cell 1's 4 -> 8; nothing else has a 1x1 conv."""
+    top = {"nodes": 3, "edges": [[0, 1], [0, 2], [1, 2]], "inputs": [0], "outputs": [2]}
+    model = G.build(one_unit_cells(top, [0, 1, 2])).eval()
+    units = [cell.nodes[0].nodes[0][1] for cell in model.cells.nodes]
+    assert [(u.in_channels, u.out_channels) for u in units] == [(4, 4), (4, 8), (8, 16)]
+    pool, project = model.cells.edges["0->2"]
+    assert pool.kernel_size == 4 and (project.in_channels, project.out_channels, project.kernel_size) == (4, 8, (1, 1))
+    assert project.bias is not None
+    for key in ("0->1", "1->2"):  # pooling only
+        assert [type(m) for m in model.cells.edges[key]] == [nn.AvgPool2d] and model.cells.edges[key][0].kernel_size == 2
+    assert list(model.cells.edge_w) == ["2"] and model.cells.edge_w["2"].numel() == 1  # one weighted input
+    with torch.no_grad():
+        model.cells.edge_w["2"].fill_(-0.7)
+    seen = {}
+    for i, cell in enumerate(model.cells.nodes):
+        cell.register_forward_hook(lambda m, inp, out, i=i: seen.update({i: (inp[0], out)}))
+    with torch.no_grad():
+        model(torch.randn(2, 3, 16, 16))
+        pool = torch.nn.functional.avg_pool2d
+        expected = project(pool(seen[0][1], 4)) + torch.sigmoid(torch.tensor(-0.7)) * pool(seen[1][1], 2)
+    assert torch.allclose(seen[2][0], expected, atol=1e-6)
+
+
+def nago_param_count(arch):
+    """NAGO's network counted by hand from the graphs, following its released layer.py (SUM merges,
+    3x3 units), without the conv biases that a BatchNorm cancels: a unit is 9·c_in·c + 2c; a node with
+    k > 1 inputs has k sigmoid weights, except where a cell's input of another width than its last
+    input's gets a 1x1 conv with a bias instead; output cells of a narrower stage get the same."""
+    c, classes = arch["width"], arch["num_classes"]
+    widths = [c * (1, 2, 4)[cell["stage"]] for cell in arch["cells"]]
+    top = arch["top"]
+
+    def preds(graph, v):
+        return [u for u, w in graph["edges"] if w == v]
+
+    if arch["image_size"] < 40:  # two full 3x3 convs and their BatchNorms
+        total = 27 * c + 2 * c + 9 * c * c + 2 * c
+    else:  # separable 3 -> c//2 (depthwise 27, pointwise 3·c//2), BN, separable c//2 -> c, BN
+        h = c // 2
+        total = 27 + 3 * h + 2 * h + 9 * h + h * c + 2 * c
+    for v, cell in enumerate(arch["cells"]):
+        p = preds(top, v)
+        reads = widths[max(p)] if p else c
+        if len(p) > 1:
+            total += sum(widths[u] * reads + reads if widths[u] != reads else 1 for u in p)
+        graph = cell["graph"]
+        for i, module in enumerate(cell["modules"]):
+            total += len(preds(graph, i)) if len(preds(graph, i)) > 1 else 0
+            for u in range(module["nodes"]):
+                total += len(preds(module, u)) if len(preds(module, u)) > 1 else 0
+                c_in = reads if i in graph["inputs"] and u in module["inputs"] else widths[v]
+                total += 9 * c_in * widths[v] + 2 * widths[v]
+    if len(top["outputs"]) > 1:
+        total += sum(widths[o] * widths[-1] + widths[-1] for o in top["outputs"] if widths[o] != widths[-1])
+    return total + widths[-1] * 1280 + 2 * 1280 + 1280 * classes + classes
+
+
+@pytest.mark.parametrize("image_size", [32, 224])
+def test_parameter_count_equals_nagos_construction_counted_by_hand(image_size):
+    rng = np.random.default_rng(5)
+    for i, theta in enumerate([MIN, MID] + [random_theta(rng) for _ in range(3)]):
+        arch = G.sample(theta, seed=i, image_size=image_size, num_classes=10)
+        with torch.device("meta"):
+            model = G.build(arch)
+        assert sum(p.numel() for p in model.parameters()) == nago_param_count(arch)
+
+
+def test_large_image_stem_is_nagos_separable_stem():
+    """NAGO's 224 px stem (layer.py): separable conv 3 -> C/2 stride 2, BN, then a ReLU-separable
+    conv-BN unit C/2 -> C stride 2; built here as NAGO writes it, with biases, the count is ours plus
+    the four conv biases that the BatchNorms cancel; a quarter of the resolution comes out."""
+    c = 31
+    sep = lambda i, o: nn.Sequential(nn.Conv2d(i, i, 3, 2, 1, groups=i), nn.Conv2d(i, o, 1))  # noqa: E731
+    nago = nn.Sequential(sep(3, c // 2), nn.BatchNorm2d(c // 2), nn.ReLU(), sep(c // 2, c), nn.BatchNorm2d(c))
+    biases = sum(m.bias.numel() for m in nago.modules() if isinstance(m, nn.Conv2d))
+    ours = G.stem(c, 224)
+    assert sum(p.numel() for p in ours.parameters()) == sum(p.numel() for p in nago.parameters()) - biases
+    assert ours(torch.randn(1, 3, 224, 224)).shape == (1, c, 56, 56)
+    full = 27 * c + 9 * c * c  # the two full 3x3 convs of the stem this replaced: ten times as many weights
+    assert full > 10 * sum(p.numel() for p in ours.parameters())
+
+
+def test_initial_weights_follow_kaimings_fan_out_formula():
+    """NAGO initialises every conv Kaiming-normal (fan_out, ReLU): std = sqrt(2 / (c_out · k · k)),
+    normal, mean 0; BatchNorm starts at weight 1, bias 0. Tested on the pooled 3x3 unit weights of
+    the first stage (185,625 values: at 3 sigma the sample std is within 0.5 % of its expectation)."""
+    torch.manual_seed(0)
+    arch = G.sample(MID, seed=0)
+    model = G.build(arch)
+    c = arch["width"]
+    weights = torch.cat([m.weight.flatten() for m in model.modules()
+                         if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and m.weight.shape[:2] == (c, c)])
+    n = weights.numel()
+    assert n > 100_000
+    std = np.sqrt(2 / (c * 9))
+    assert abs(weights.std().item() / std - 1) < 3 / np.sqrt(2 * n)
+    assert abs(weights.mean().item()) < 4 * std / np.sqrt(n)
+    kurtosis = ((weights - weights.mean()) ** 4).mean().item() / weights.var().item() ** 2
+    assert abs(kurtosis - 3) < 0.1  # a normal's; PyTorch's default (uniform) has 1.8
+    head = model.head[1].weight
+    assert abs(head.std().item() / np.sqrt(2 / 1280) - 1) < 3 / np.sqrt(2 * head.numel())
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            assert torch.equal(m.weight, torch.ones_like(m.weight)) and torch.equal(m.bias, torch.zeros_like(m.bias))
 
 
 # ---------------------------------------------------------------------------------------------- profile
@@ -235,6 +367,22 @@ def test_cli_prints_summary_saves_and_reloads(tmp_path):
     assert arch == json.loads(json.dumps(G.sample(MIN, 2)))
     again = run_cli("--arch", str(tmp_path / "arch.json"))
     assert again.returncode == 0 and f"{arch['params']:,}" in again.stdout
+
+
+def test_readme_generator_figures_and_imagenet_command():
+    """The README's figures for the all-min and all-max θ, and its 224 px command (copied from the
+    README, run as written) with the MACs the ImageNet cost estimate uses."""
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    for theta, width, params in ((MIN, 49, 3_952_396), (MAX, 8, 3_769_376)):
+        arch = G.sample(theta, 0)
+        assert (arch["width"], arch["params"]) == (width, params)
+        assert f"width {width} and {params:,}" in " ".join(readme.split())
+    command = next(line for line in readme.splitlines() if "--image-size 224 --num-classes 1000" in line)
+    args = shlex.split(command.strip().strip("(`),"))
+    assert args[:2] == ["python", "generator.py"]
+    out = run_cli(*args[2:])
+    assert out.returncode == 0, out.stderr
+    assert "MACs    1,984.3 M per 224 px image" in out.stdout and "1,984 M MACs" in readme
 
 
 @pytest.mark.parametrize("args,fragment", [

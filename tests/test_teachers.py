@@ -1,5 +1,7 @@
 """Tests for teachers/: the DARTS_V2 network against its published size, the forward contract, drop path,
 and the checkpoint loader with its refusals. CPU only, a few seconds."""
+import os
+import subprocess
 import sys
 
 import pytest
@@ -9,6 +11,7 @@ import generator
 import teachers
 from teachers import darts
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(width=8, layers=5)  # two reductions (cells 1 and 3), auxiliary head on cell 3
 
 
@@ -252,7 +255,7 @@ def test_load_refuses_non_finite_weights(tmp_path, trained_teacher):
 
 def test_inception_resnet_v2_without_timm_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)  # makes `import timm` raise ImportError
-    with pytest.raises(ImportError, match="pip install timm"):
+    with pytest.raises(ValueError, match="pip install timm"):
         teachers.build("inception_resnet_v2", 67)
 
 
@@ -265,6 +268,104 @@ def test_inception_resnet_v2_has_a_new_classifier():
     model.eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 224, 224)).shape == (1, 67)
+
+
+@pytest.fixture(scope="module")
+def imagenet_weights(tmp_path_factory):
+    """A stand-in for timm's model.safetensors of inception_resnet_v2.tf_in1k: the same tensors (names
+    and shapes, 1000 classes), random values, written by safetensors as the hub's file is."""
+    timm = pytest.importorskip("timm", reason="timm (optional) is not installed: pip install timm")
+    from safetensors.torch import save_file
+    torch.manual_seed(1)
+    state = timm.create_model("inception_resnet_v2", num_classes=1000).state_dict()
+    path = tmp_path_factory.mktemp("weights") / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    return path, state
+
+
+@pytest.mark.parametrize("classes", [67, 1000])
+def test_weights_file_gives_every_imagenet_tensor_and_a_classifier_for_the_classes(imagenet_weights, classes):
+    path, state = imagenet_weights
+    model = teachers.build("inception_resnet_v2", classes, weights=str(path))
+    own = model.state_dict()
+    same = [k for k in own if torch.equal(own[k], state[k])] if classes == 1000 else \
+        [k for k in own if not k.startswith("classif.") and torch.equal(own[k], state[k])]
+    assert len(same) == len(own) - (0 if classes == 1000 else 2)  # all but a new classifier's weight and bias
+    assert model.get_classifier().out_features == classes
+
+
+def test_weights_that_are_not_inception_resnet_v2s_are_refused(imagenet_weights, tmp_path):
+    from safetensors.torch import save_file
+    path, state = imagenet_weights
+    with pytest.raises(ValueError, match="no such file.*--weights FILE.*--from-scratch"):
+        teachers.build("inception_resnet_v2", 67, weights=str(tmp_path / "missing.safetensors"))
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"not a tensor file")
+    with pytest.raises(ValueError, match="is not a weights file"):
+        teachers.build("inception_resnet_v2", 67, weights=str(garbage))
+    darts_state = teachers.build("darts", 10, **SMALL).state_dict()  # another network's weights
+    save_file({k: v.contiguous() for k, v in darts_state.items()}, str(tmp_path / "darts.safetensors"))
+    with pytest.raises(ValueError, match="does not hold inception_resnet_v2's weights"):
+        teachers.build("inception_resnet_v2", 67, weights=str(tmp_path / "darts.safetensors"))
+    partial = {k: v for k, v in state.items() if not k.startswith("conv2d_7b.")}  # one tensor short
+    save_file({k: v.contiguous() for k, v in partial.items()}, str(tmp_path / "partial.safetensors"))
+    with pytest.raises(ValueError, match="conv2d_7b.* is missing"):
+        teachers.build("inception_resnet_v2", 67, weights=str(tmp_path / "partial.safetensors"))
+
+
+def write_tiny_mit67(root):
+    """Two classes of three 40x50 images in MIT67's layout, with its two split lists."""
+    from PIL import Image
+    lines = {"TrainImages.txt": [], "TestImages.txt": []}
+    for c in ("bar", "kitchen"):
+        (root / "Images" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (50, 40), (40 * i, 80, 120)).save(root / "Images" / c / f"{i}.jpg")
+            lines["TestImages.txt" if i == 0 else "TrainImages.txt"].append(f"{c}/{i}.jpg")
+    for name, files in lines.items():
+        (root / name).write_text("\n".join(files) + "\n")
+
+
+def test_mit67_teacher_without_hub_or_weights_file_names_both_fixes(tmp_path):
+    """The recipe's default is timm's ImageNet weights; offline, with nothing cached, the command ends
+    in one line that names --weights FILE and --from-scratch."""
+    pytest.importorskip("timm", reason="timm (optional) is not installed: pip install timm")
+    write_tiny_mit67(tmp_path / "mit67")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "th")}
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--arch", "inception_resnet_v2",
+                          "--dataset", "mit67", "--data-dir", str(tmp_path / "mit67"), "--split", "final",
+                          "--epochs", "1", "--device", "cpu"], capture_output=True, text=True, env=env)
+    assert out.returncode == 1
+    err = out.stderr.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert "could not be fetched" in err and "--weights FILE" in err and "--from-scratch" in err
+
+
+def test_resumed_teacher_reads_no_initial_weights(tmp_path):
+    """A resumed run takes its weights from the checkpoint: the --weights file, gone by now, is not read,
+    and the options recorded for the checkpoint are still those given."""
+    pytest.importorskip("timm", reason="timm (optional) is not installed: pip install timm")
+    import types
+    import train
+    save = tmp_path / "teacher.pt"
+    save.write_bytes(b"a checkpoint")
+    args = train.parser().parse_args(["--arch", "inception_resnet_v2", "--dataset", "mit67", "--weights",
+                                      str(tmp_path / "gone.safetensors"), "--save", str(save), "--resume"])
+    model, config, _ = train.build_model(args, types.SimpleNamespace(num_classes=67, image_size=224))
+    assert config == {"arch": "inception_resnet_v2", "arch_options": {"weights": str(tmp_path / "gone.safetensors")}}
+    assert model.get_classifier().out_features == 67
+
+
+@pytest.mark.parametrize("flags,fragment", [
+    (["--arch", "darts", "--weights", "w.safetensors"], "apply to --arch inception_resnet_v2 only"),
+    (["--arch", "darts", "--from-scratch"], "apply to --arch inception_resnet_v2 only"),
+    (["--arch", "inception_resnet_v2", "--weights", "w.safetensors", "--from-scratch"], "drop one"),
+])
+def test_teacher_weight_flags_are_checked(flags, fragment, capsys):
+    import train
+    assert train.main([*flags, "--dataset", "digits", "--epochs", "1"]) == 1
+    err = capsys.readouterr().err
+    assert fragment in err and len(err.strip().splitlines()) == 1
 
 
 def test_teacher_trained_by_train_py_loads(tmp_path):

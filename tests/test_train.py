@@ -356,8 +356,8 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     assert rc == 1 and err.startswith("error: no cifar10 data") and "\n" not in err
     rc = T.main(["--arch", "darts", "--dataset", "digits", "--resume"])
     assert rc == 1 and "--save" in capsys.readouterr().err
-    rc = T.main(["--arch", "darts", "--dataset", "digits", "--pretrained", "--epochs", "1"])
-    assert rc == 1 and "--pretrained applies to --arch inception_resnet_v2" in capsys.readouterr().err
+    rc = T.main(["--arch", "darts", "--dataset", "digits", "--from-scratch", "--epochs", "1"])
+    assert rc == 1 and "--from-scratch apply to --arch inception_resnet_v2" in capsys.readouterr().err
 
 
 def test_cli_teacher_then_student_with_kd(tmp_path, capsys):

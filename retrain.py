@@ -123,7 +123,7 @@ def resolve(args):
             "max_params": search.get("max_params"), "out": common.absolute(out), "capture": args.capture,
             "workers_per_gpu": args.workers_per_gpu, "lessons": None,
             "protocol": {k: v for k, v in dataclasses.asdict(protocol).items() if k != "capture"},
-            "slots": workers.slots(args.gpus, args.workers, args.workers_per_gpu)}, best
+            "slots": workers.slots(args.gpus, args.workers, args.workers_per_gpu, args.ray), "ray": args.ray}, best
 
 
 def run(args):
@@ -159,7 +159,7 @@ def run(args):
           f"KD -> {out}", flush=True)
     failures = []
     if jobs:
-        pool = workers.Pool(settings["slots"], workers.init_worker, (settings,))
+        pool = workers.pool(settings)
         try:
             with common.open_log(log, whole) as f:
                 futures = {pool.submit(fn, *fn_args): (fn, fn_args) for fn, fn_args in jobs}

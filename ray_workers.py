@@ -69,29 +69,27 @@ def connect(address):
         try:
             ray.init(address=address, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            cause = common.describe(e.__cause__ or e).split(". ")[0]
+            full = common.describe(e.__cause__ or e)
+            cause = full.split(". ")[0]
             hint = (" The cluster uses token authentication: give this process its token (RAY_AUTH_MODE=token, "
-                    "and RAY_AUTH_TOKEN or ~/.ray/auth_token as on the nodes)." if "auth" in cause.lower() else "")
+                    "and ~/.ray/auth_token or RAY_AUTH_TOKEN as on the nodes)." if "authtoken" in full.lower().replace(
+                        " ", "").replace("_", "") else "")
             raise common.UserError(f"cannot join the Ray cluster at {address}: {cause}.{hint}") from None
     return ray.cluster_resources()
 
 
 def slots(address, gpus, workers_, workers_per_gpu):
     """workers.slots on the cluster at `address`: [("cuda", students at once)] per GPU (--gpus N, by
-    default every GPU of the cluster), else [("cpu", 1)] per CPU worker."""
+    default every GPU the cluster has now), else [("cpu", 1)] per CPU worker. Asking for more than the
+    cluster has now is allowed: nodes may still be joining (a batch job's), and the actors wait for them."""
     resources = connect(address)
-    have = int(resources.get("GPU", 0))
-    gpus = have if gpus is None else gpus
-    if gpus > have:
-        raise common.UserError(f"--gpus {gpus} asks for more GPUs than the {have} of the Ray cluster at {address}; "
-                               f"use --gpus {have}" + (" or --gpus 0 for CPU workers" if have else ""))
-    if gpus:
-        return [("cuda", workers_per_gpu)] * gpus
-    cpus = int(resources.get("CPU", 0))
-    if workers_ > cpus:
-        raise common.UserError(f"--workers {workers_} asks for more CPUs than the {cpus} of the Ray cluster at "
-                               f"{address}; use --workers {cpus} or add nodes")
-    return [("cpu", 1)] * workers_
+    have_gpus, have_cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+    gpus = have_gpus if gpus is None else gpus
+    need, have, what = (gpus, have_gpus, "GPUs") if gpus else (workers_, have_cpus, "CPUs")
+    if need > have:
+        print(f"the Ray cluster at {address} has {have} {what} now; {need - have} of the {need} actors will wait "
+              f"for nodes to join", file=sys.stderr, flush=True)
+    return [("cuda", workers_per_gpu)] * gpus if gpus else [("cpu", 1)] * workers_
 
 
 def summary(error):
@@ -159,7 +157,9 @@ class RayPool(workers.Executor):
 
     def describe_need(self):
         gpus = sum(w.device == "cuda" for w in self.workers)
-        return f"{gpus} GPUs" if gpus else f"{len(self.workers)} CPUs"
+        resources = self.ray.cluster_resources()
+        return (f"{gpus} GPUs; the cluster has {int(resources.get('GPU', 0))}" if gpus else
+                f"{len(self.workers)} CPUs; the cluster has {int(resources.get('CPU', 0))}")
 
     def submit(self, fn, /, *args, **kwargs):
         if self.refusal is not None:

@@ -1,15 +1,19 @@
 """The workers of workers.py as Ray actors, so that one search or retraining spreads over many machines.
 
+    export RAY_AUTH_MODE=token                        # everywhere, with the cluster's ~/.ray/auth_token
     ray start --head --port=6379                      # on one node
     ray start --address=HEAD:6379                     # on each of the others
     python search.py --dataset cifar10 --teacher teacher.pt --ray HEAD:6379
 
+(README, "Many machines (Ray)": the token, a SLURM batch script.)
+
 `--ray ADDRESS` on search.py and retrain.py makes RayPool instead of workers.Pool: the same
 concurrent.futures executor (submit, shutdown, size) over one actor per slot, placed by Ray's GPU
 scheduling: one actor per GPU (num_gpus=1) running --workers-per-gpu students as threads on their own
-CUDA streams (max_concurrency), exactly like a local worker process, because separate processes on one
-GPU time-slice unless NVIDIA MPS runs; on a cluster without GPUs, --workers actors of one CPU and one
-student each. Each actor runs workers.init_worker once (the data set and the teacher into
+CUDA streams (max_concurrency), exactly like a local worker process. Interpretation: the alternative,
+fractional num_gpus (1/N of a GPU per actor), makes N processes per GPU, which time-slice unless
+NVIDIA MPS runs, where threads of one process overlap without it (workers.py). On a cluster without
+GPUs: --workers actors of one CPU and one student each. Each actor runs workers.init_worker once (the data set and the teacher into
 workers.STATE). BOHB, the log and best.json stay with the driver (the process running search.py), so
 logging and resume are those of one machine.
 
@@ -244,15 +248,8 @@ class RayPool(workers.Executor):
 
     def shutdown(self, wait=True, *, cancel_futures=False):
         """wait=True: let the running evaluations finish; then (or at once) end the actors."""
-        with self.lock:
-            self.closed = True
-            cancelled = list(self.pending) if cancel_futures else []
-            if cancel_futures:
-                self.pending.clear()
-            running = [future for w in self.workers for future in w.running.values()]
-            actors = [w.handle for w in self.workers if w.handle is not None]
-        for future, *_ in cancelled:
-            future.cancel()
+        live = self.close(cancel_futures)
+        actors, running = [actor for actor, _ in live], [future for _, futures in live for future in futures]
         if wait:
             cf.wait(running)
         for actor in actors:

@@ -88,7 +88,8 @@ def add_flags(p):
     p.add_argument("--workers-per-gpu", type=common.positive_int, default=WORKERS_PER_GPU,
                    help="students trained at once on each GPU, each on its own CUDA stream")
     p.add_argument("--workers", type=common.positive_int, default=min(4, os.cpu_count() or 1),
-                   help="CPU workers when --gpus 0 (or on a Ray cluster without GPUs), one student each")
+                   help="CPU workers when --gpus 0 (or on a Ray cluster without GPUs), one student each; on "
+                        "this machine they share its cores")
     p.add_argument("--ray", default=None, metavar="ADDRESS",
                    help="run the workers as Ray actors on the cluster at ADDRESS: HOST:PORT of `ray start --head`, "
                         "auto (the one this machine belongs to) or local (a new one on this machine); needs "
@@ -174,6 +175,19 @@ class Executor(cf.Executor):
         settle(failed + [(future, error) for future in lost.values()])
         return current
 
+    def close(self, cancel_futures):
+        """Take no more tasks (cancel the queued ones with cancel_futures); returns the live workers'
+        handles and the futures they are running."""
+        with self.lock:
+            self.closed = True
+            cancelled = list(self.pending) if cancel_futures else []
+            if cancel_futures:
+                self.pending.clear()
+            live = [(w.handle, list(w.running.values())) for w in self.workers if w.handle is not None]
+        for future, *_ in cancelled:
+            future.cancel()
+        return live
+
 
 class Pool(Executor):
     """A concurrent.futures.Executor over worker processes of this machine, `n` students at once on
@@ -214,20 +228,13 @@ class Pool(Executor):
 
     def shutdown(self, wait=True, *, cancel_futures=False):
         """wait=True: let the running tasks finish; wait=False: stop the workers now (Ctrl-C)."""
-        with self.lock:
-            self.closed = True
-            cancelled = list(self.pending) if cancel_futures else []
-            if cancel_futures:
-                self.pending.clear()
-            live = [(w.handle, self.pipes[w.handle]) for w in self.workers if w.handle is not None]
-        for future, *_ in cancelled:
-            future.cancel()
-        for process, conn in live:
+        live = [process for process, _ in self.close(cancel_futures)]
+        for process in live:
             try:
-                conn.send(None) if wait else process.kill()
-            except OSError:
+                self.pipes[process].send(None) if wait else process.kill()
+            except (OSError, KeyError):  # KeyError: it died meanwhile
                 pass
-        for process, _ in live:
+        for process in live:
             process.join()
 
 

@@ -3,7 +3,6 @@ namespace (loopback only), never directly. The cluster is started by the README'
 and a second Ray node on 127.0.0.1, two CPUs each (the machine's cores, counted by each node)."""
 import json
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bohb  # noqa: E402
 import ray_workers  # noqa: E402
 import workers  # noqa: E402
+from test_pipeline import kill_after_first_result, read_log  # noqa: E402
 from test_ray import readme_block  # noqa: E402
 
 ADDRESS = "127.0.0.1:6379"
@@ -53,26 +53,8 @@ def cli(script, *args):
                           cwd=ROOT)
 
 
-def read_log(folder):
-    return [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()]
-
-
 def keys(records):
     return [bohb.job_key(r) for r in records]
-
-
-def test_two_actors_reach_the_local_pools_best_json(tmp_path):
-    """bench/ray_overhead.py: the same KD search with 2 local workers and 2 Ray actors (one torch thread
-    per student both ways, so that their floating-point sums agree) ends with the same best.json and
-    the same loss for every job."""
-    r = cli("bench/ray_overhead.py", "--ray", ADDRESS, "--teacher", os.environ["AUTOKD_TEACHER"], "--out", tmp_path,
-            "--min-budget", "1", "--max-budget", "1", "--iterations", "2")
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "| same best.json and job losses | yes |" in r.stdout
-    for name in ("local", "ray"):
-        assert [rec["error"] for rec in read_log(tmp_path / name)] == [None, None]
-    settings = json.loads((tmp_path / "ray" / "best.json").read_text())["settings"]
-    assert settings["ray"] == ADDRESS and settings["lessons"]  # KD with the lessons, on the actors
 
 
 def test_a_killed_actor_fails_its_evaluation_only_and_is_replaced(tmp_path):
@@ -125,16 +107,7 @@ def resumed(tmp_path_factory):
     out = tmp_path_factory.mktemp("resume") / "search"
     args = [sys.executable, str(ROOT / "search.py"), *ONE, "--iterations", "2", "--workers", "1", "--ray", ADDRESS,
             "--out", str(out)]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None:
-        if (out / "results.jsonl").is_file() and len(read_log(out)) >= 1:
-            break
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver alone: its actors live under Ray's own processes
-    proc.wait()
-    before = read_log(out)
+    before = kill_after_first_result(args, out)  # the driver alone: its actors live under Ray's processes
     free = time.time() + 60  # Ray ends a dead driver's actors: their CPUs come back
     while time.time() < free and ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
         time.sleep(0.5)

@@ -67,12 +67,28 @@ def teacher(tmp_path_factory):
 
 
 @needs_cluster
-def test_on_a_ray_cluster(tmp_path, teacher):
-    """ray_cases.py on a two-node cluster started as the README says: the search reaches the local
-    pool's best.json; a killed actor, a node without the data, a killed driver, retrain.py."""
+def test_two_ray_actors_reach_the_local_pools_best_json(tmp_path, teacher):
+    """bench/ray_overhead.py as the README gives it (--ray local), on a smaller plan: the same KD search
+    with 2 local workers and 2 Ray actors (one torch thread per student both ways, so that their sums
+    agree) ends with the same best.json and the same loss for every job."""
+    r = private_network([sys.executable, ROOT / "bench" / "ray_overhead.py", "--ray", "local", "--teacher", teacher,
+                         "--out", tmp_path / "bench", "--min-budget", "1", "--max-budget", "1", "--iterations", "2"],
+                        tmp_path, timeout=400)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "| same best.json and job losses | yes |" in r.stdout
+    for name in ("local", "ray"):
+        records = [json.loads(line) for line in (tmp_path / "bench" / name / "results.jsonl").read_text().splitlines()]
+        assert [rec["error"] for rec in records] == [None, None]
+    settings = json.loads((tmp_path / "bench" / "ray" / "best.json").read_text())["settings"]
+    assert settings["ray"] == "local" and settings["lessons"]  # KD with the lessons, on the actors
+
+
+@needs_cluster
+def test_on_a_ray_cluster(tmp_path):
+    """ray_cases.py on a two-node cluster started as the README says: a killed actor, a node without
+    the data, a killed driver, retrain.py."""
     r = private_network([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                         ROOT / "tests" / "ray_cases.py", "--basetemp", tmp_path / "cases"], tmp_path, timeout=540,
-                        AUTOKD_TEACHER=str(teacher))
+                         ROOT / "tests" / "ray_cases.py", "--basetemp", tmp_path / "cases"], tmp_path, timeout=540)
     tail = (r.stdout[-6000:] + "\n" + r.stderr[-3000:])
     assert r.returncode == 0, tail
     assert re.search(r"\b[1-9]\d* passed", r.stdout) and "skipped" not in r.stdout, tail

@@ -123,6 +123,10 @@ class Actor:
     def ready(self):
         return self.node, self.error
 
+    def alive(self):
+        """Never answers: its failure is how the driver learns that this actor died, busy or idle."""
+        threading.Event().wait()
+
     def run(self, fn, args, kwargs):
         return workers.perform(self.device, fn, args, kwargs)
 
@@ -176,10 +180,11 @@ class RayPool(workers.Executor):
     def start(self, worker):
         """A new actor for `worker` (lock held); it takes tasks once ready() has answered."""
         cuda = worker.device == "cuda"
-        actor = self.actor.options(num_cpus=1, num_gpus=1 if cuda else 0, max_concurrency=worker.slots,
+        actor = self.actor.options(num_cpus=1, num_gpus=1 if cuda else 0, max_concurrency=worker.slots + 1,
                                    max_restarts=0, max_task_retries=0).remote(worker.device, self.init, self.initargs)
         worker.handle, worker.ready = actor, False
         self.watch_ref(actor.ready.remote(), worker, actor, "ready", None)
+        self.watch_ref(actor.alive.remote(), worker, actor, "alive", None)  # the extra thread: a death watch
 
     def send(self, worker, task, fn, args, kwargs):
         self.watch_ref(worker.handle.run.remote(fn, args, kwargs), worker, worker.handle, "run", task)
@@ -193,15 +198,11 @@ class RayPool(workers.Executor):
             try:
                 value = done.result()
             except Exception as error:  # noqa: BLE001 (the actor died, or its node was lost)
-                if kind == "ready":
-                    self.opened(worker, actor, None, f"the Ray actor for {worker.device} died while starting "
-                                                     f"({summary(error)})")
-                else:
-                    self.died(worker, actor, error)
+                self.died(worker, actor, error)
                 continue
             if kind == "ready":
                 self.opened(worker, actor, *value)
-            else:
+            elif kind == "run":
                 self.answered(worker, task, *value)
 
     def opened(self, worker, actor, node, error):
@@ -227,11 +228,18 @@ class RayPool(workers.Executor):
         workers.settle(failed)
 
     def died(self, worker, actor, error):
-        """An actor died: its evaluations in flight fail; a new actor takes the slot."""
+        """An actor died: its evaluations in flight fail, and a new actor takes the slot; or it died
+        while starting, which counts as a failure to start."""
         self.kill(actor)
         with self.lock:
-            if worker.handle is actor:
+            current, ready = worker.handle is actor and not worker.retired, worker.ready
+            if current:
                 worker.ready = False  # no task goes to the slot until its new actor is ready
+        if not current:
+            return
+        if not ready:
+            return self.opened(worker, actor, None, f"the Ray actor for {worker.device} died while starting "
+                                                    f"({summary(error)})")
         lost = workers.WorkerDied(f"the Ray actor on {worker.node} died ({summary(error)}); its evaluations "
                                   "in flight failed")
         if self.lost(worker, actor, lost):

@@ -100,6 +100,29 @@ def test_a_node_without_the_data_is_named_in_one_line(tmp_path):
     assert "every node needs" in message and "\n" not in message
 
 
+def test_an_actor_that_cannot_be_replaced_stops_the_pool_with_one_line(tmp_path):
+    """The first actor starts; its replacement (after ray.kill) finds no data on its node: the pool then
+    refuses new work with the node's one line (bohb.run logs what is in flight and stops)."""
+    started = tmp_path / "started"
+
+    def init(device):
+        if started.exists():
+            raise FileNotFoundError(f"{tmp_path / 'data'} not found; point --data-dir at the folder")
+        started.touch()
+
+    pool = ray_workers.RayPool([("cpu", 1)], init)
+    try:
+        assert pool.submit(abs, -1).result() == 1
+        ray.kill(pool.workers[0].handle)
+        deadline = time.time() + 120
+        while pool.refusal is None and time.time() < deadline:
+            time.sleep(0.1)
+        with pytest.raises(ray_workers.NodeError, match=r"^node 127\.0\.0\.1 .* not found; point --data-dir"):
+            pool.submit(abs, -2)
+    finally:
+        pool.shutdown()
+
+
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory):
     """A search driven through the cluster, its driver killed (kill -9) after the first result, then

@@ -34,6 +34,7 @@ to resume from the log.
 import concurrent.futures as cf
 import logging
 import queue
+import re
 import socket
 import sys
 import threading
@@ -97,8 +98,13 @@ def slots(address, gpus, workers_, workers_per_gpu):
 
 
 def summary(error):
-    """The first line of a Ray error, which goes on with the actor's whole story."""
-    return f"{type(error).__name__}: {str(error).strip().splitlines()[0][:200]}" if str(error).strip() else type(error).__name__
+    """One line of a Ray error, which goes on with the actor's whole story: the last exception it names
+    (e.g. "ModuleNotFoundError: No module named 'workers'" on a node without the code), else its first line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    named = [line for line in lines if re.match(r"^[A-Za-z_.]*(Error|Exception): ", line)]
+    if not lines:
+        return type(error).__name__
+    return f"{type(error).__name__}: {(named[-1] if named else lines[0])[:200]}"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -238,8 +244,9 @@ class RayPool(workers.Executor):
         if not current:
             return
         if not ready:
-            return self.opened(worker, actor, None, f"the Ray actor for {worker.device} died while starting "
-                                                    f"({summary(error)})")
+            node = re.search(r"\bip=([0-9a-fA-F.:]+)", str(error))  # Ray's message names the node's address
+            where = f"on node {node.group(1)}" if node else f"for {worker.device}"
+            return self.opened(worker, actor, None, f"the Ray actor {where} died while starting ({summary(error)})")
         lost = workers.WorkerDied(f"the Ray actor on {worker.node} died ({summary(error)}); its evaluations "
                                   "in flight failed")
         if self.lost(worker, actor, lost):

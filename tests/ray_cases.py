@@ -100,6 +100,17 @@ def test_a_node_without_the_data_is_named_in_one_line(tmp_path):
     assert "every node needs" in message and "\n" not in message
 
 
+def test_a_node_without_the_code_is_named_in_one_line(tmp_path):
+    """A driver whose workers cannot import this code (it runs from elsewhere, and only its own sys.path
+    has the repository), as on a node without the checkout: one line naming the node and the cause."""
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import ray_workers; ray_workers.connect({ADDRESS!r})\n"
+            "try:\n    ray_workers.RayPool([('cpu', 1)])\nexcept ray_workers.NodeError as e:\n    print(e)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert r.stdout.startswith("the Ray actor on node 127.0.0.1 died while starting"), r.stdout + r.stderr[-2000:]
+    assert "No module named 'ray_workers'" in r.stdout and "every node needs this code" in r.stdout
+    assert len(r.stdout.strip().splitlines()) == 1
+
+
 def test_an_actor_that_cannot_be_replaced_stops_the_pool_with_one_line(tmp_path):
     """The first actor starts; its replacement (after ray.kill) finds no data on its node: the pool then
     refuses new work with the node's one line (bohb.run logs what is in flight and stops)."""

@@ -85,8 +85,8 @@ def test_two_ray_actors_reach_the_local_pools_best_json(tmp_path, teacher):
 
 @needs_cluster
 def test_on_a_ray_cluster(tmp_path):
-    """ray_cases.py on a two-node cluster started as the README says: a killed actor, a node without
-    the data, a killed driver, retrain.py."""
+    """ray_cases.py on a two-node cluster started as the README says: a killed actor, a node without the
+    data or the code, a replacement that cannot start, a killed driver resumed, retrain.py."""
     r = private_network([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                          ROOT / "tests" / "ray_cases.py", "--basetemp", tmp_path / "cases"], tmp_path, timeout=540)
     tail = (r.stdout[-6000:] + "\n" + r.stderr[-3000:])

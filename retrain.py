@@ -120,7 +120,7 @@ def resolve(args):
             "max_params": search.get("max_params"), "out": common.absolute(out), "capture": args.capture,
             "workers_per_gpu": args.workers_per_gpu, "lessons": None,
             "protocol": {k: v for k, v in dataclasses.asdict(protocol).items() if k != "capture"},
-            "slots": workers.slots(args.gpus, args.workers, args.workers_per_gpu)}, best
+            "slots": workers.slots(args.gpus, args.workers, args.workers_per_gpu, args.ray), "ray": args.ray}, best
 
 
 def run(args):
@@ -153,7 +153,7 @@ def run(args):
           f"for {settings['epochs']} epochs {'without' if settings['no_kd'] else 'with'} KD -> {out}", flush=True)
     failures = []
     if jobs:
-        pool = workers.Pool(settings["slots"], workers.init_worker, (settings,))
+        pool = workers.pool(settings)
         try:
             if not settings["no_kd"]:  # before the first student, as the search does
                 teacher_row = workers.check_teacher(pool, train.Protocol(**settings["protocol"], capture=settings["capture"]),

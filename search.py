@@ -135,7 +135,7 @@ def resolve(args):
                                f"for the vanilla NAGO search).")
     if s["teacher"] is not None and not Path(s["teacher"]).is_file():
         raise common.UserError(f"teacher checkpoint {args.teacher} not found; check --teacher.")
-    s["slots"] = workers.slots(args.gpus, args.workers, args.workers_per_gpu)
+    s["slots"], s["ray"] = workers.slots(args.gpus, args.workers, args.workers_per_gpu, args.ray), args.ray
     return s
 
 
@@ -253,7 +253,7 @@ def run(args):
     else:
         print(f"plan per Hyperband iteration: {bohb.format_plan(search.plan)}; {settings['iterations']} iteration(s)")
         print(progress.cost(), flush=True)
-        pool = workers.Pool(settings["slots"], workers.init_worker, (settings,))
+        pool = workers.pool(settings)
         try:
             if not settings["no_kd"]:
                 report = workers.check_teacher(pool, train.Protocol(**settings["protocol"], capture=settings["capture"]),

@@ -3,6 +3,9 @@
     pool = Pool(slots(gpus=8, workers=0, workers_per_gpu=4), init_worker, (settings,))
     future = pool.submit(fn, *args)   # a concurrent.futures.Executor: queued until a slot is free
 
+On many machines the same workers run as Ray actors (`--ray ADDRESS`, ray_workers.py), with the same
+interface; `pool(settings)` makes either.
+
 Each worker process loads the data set and the teacher once, on its device, into `STATE` (the
 initialiser `init_worker`); search.py and retrain.py submit functions that read it. bohb.py drives the
 pool through the Executor interface alone.
@@ -25,15 +28,18 @@ whose parent dies, by kill -9 too, exits at once: its pipe to the parent closes.
 import collections
 import concurrent.futures as cf
 import fcntl
+import hashlib
 import multiprocessing
 import os
 import pickle
 import signal
 import sys
+import tempfile
 import threading
 import time
 import traceback
 from contextlib import nullcontext
+from pathlib import Path
 
 import torch
 
@@ -53,10 +59,15 @@ class RemoteError(RuntimeError):
 # ----------------------------------------------------------------------------------------------------
 # The pool (parent side)
 
-def slots(gpus, workers, workers_per_gpu=1):
-    """[(device, students at once)]: one process per GPU for --gpus N, else --workers CPU processes."""
+def slots(gpus, workers, workers_per_gpu=1, ray=None):
+    """[(device, students at once)]: one worker per GPU for --gpus N (None: every GPU of this machine,
+    or of the Ray cluster at `ray`), else --workers CPU workers of one student each."""
+    if ray is not None:
+        import ray_workers
+        return ray_workers.slots(ray, gpus, workers, workers_per_gpu)
+    available = torch.cuda.device_count()
+    gpus = available if gpus is None else gpus
     if gpus > 0:
-        available = torch.cuda.device_count()
         if gpus > available:
             raise common.UserError(f"--gpus {gpus} asks for more GPUs than the {available} this machine has; "
                                    f"use --gpus {available}" + (" or --gpus 0 for the CPU" if available else ""))
@@ -64,14 +75,29 @@ def slots(gpus, workers, workers_per_gpu=1):
     return [("cpu", 1)] * workers
 
 
+def pool(settings):
+    """The workers of settings["slots"], each running init_worker once: processes of this machine, or
+    Ray actors on the cluster at settings["ray"]."""
+    if settings.get("ray"):
+        import ray_workers
+        return ray_workers.RayPool(settings["slots"], init_worker, (settings,))
+    return Pool(settings["slots"], init_worker, (settings,))
+
+
 def add_flags(p):
-    """--gpus, --workers-per-gpu and --workers, shared by search.py and retrain.py."""
-    p.add_argument("--gpus", type=common.nonnegative_int, default=torch.cuda.device_count(),
-                   help="GPUs to use, one worker process each (default: every GPU); 0 trains on the CPU")
+    """--gpus, --workers-per-gpu, --workers and --ray, shared by search.py and retrain.py."""
+    p.add_argument("--gpus", type=common.nonnegative_int, default=None,
+                   help="GPUs to use, one worker each (default: every GPU of this machine, or of the Ray cluster "
+                        "with --ray); 0 trains on the CPU")
     p.add_argument("--workers-per-gpu", type=common.positive_int, default=WORKERS_PER_GPU,
                    help="students trained at once on each GPU, each on its own CUDA stream")
     p.add_argument("--workers", type=common.positive_int, default=min(4, os.cpu_count() or 1),
-                   help="CPU worker processes when --gpus 0, sharing the cores")
+                   help="CPU workers when --gpus 0 (or on a Ray cluster without GPUs), one student each; on "
+                        "this machine they share its cores")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run the workers as Ray actors on the cluster at ADDRESS: HOST:PORT of `ray start --head`, "
+                        "auto (the one this machine belongs to) or local (a new one on this machine); needs "
+                        "pip install \"ray[default]\"")
 
 
 WORKERS_PER_GPU = 4  # set from bench/gpu_check.py's aggregate throughput (bench/RESULTS.md)
@@ -80,19 +106,17 @@ WORKERS_PER_GPU = 4  # set from bench/gpu_check.py's aggregate throughput (bench
 class _Worker:
     def __init__(self, device, slots):
         self.device, self.slots = device, slots
-        self.process, self.conn, self.running = None, None, {}  # running: task id -> Future
+        self.handle, self.running = None, {}  # handle: its process (or Ray actor); running: task id -> Future
 
 
-class Pool(cf.Executor):
-    """A concurrent.futures.Executor over worker processes, `n` students at once on each device of
-    `slots` [(device, n)]. init(device, *initargs) runs once in each new process."""
+class Executor(cf.Executor):
+    """What the local Pool and ray_workers.RayPool share: a queue of tasks, `n` students at once on
+    each worker of `slots` [(device, n)], a worker started when first needed and again after it died.
+    Subclasses start(worker) and send(worker, task, fn, args, kwargs), and report back through
+    answered() and lost()."""
 
-    def __init__(self, slots, init=None, initargs=()):
+    def __init__(self, slots):
         self.workers = [_Worker(device, n) for device, n in slots]
-        self.init, self.initargs = init, initargs
-        cpu = sum(n for device, n in slots if device == "cpu")
-        self.threads = max(1, (os.cpu_count() or 1) // cpu) if cpu else 0  # torch threads per CPU student
-        self.context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked workers
         self.lock = threading.Lock()
         self.pending = collections.deque()
         self.next_task, self.closed = 0, False
@@ -112,25 +136,74 @@ class Pool(cf.Executor):
         settle(failed)
         return future
 
+    def takes(self, worker):
+        """Whether `worker` may be sent tasks now (the lock is held)."""
+        return True
+
     def dispatch(self):
         """Send queued tasks to free slots (lock held); returns the futures that failed to send."""
         failed = []
         while self.pending:
-            worker = next((w for w in self.workers if len(w.running) < w.slots), None)
+            worker = next((w for w in self.workers if self.takes(w) and len(w.running) < w.slots), None)
             if worker is None:
                 break
             future, fn, args, kwargs = self.pending.popleft()
             if not future.set_running_or_notify_cancel():
                 continue
-            if worker.process is None:
+            if worker.handle is None:
                 self.start(worker)
             task, self.next_task = self.next_task, self.next_task + 1
             try:
-                worker.conn.send((task, fn, args, kwargs))
+                self.send(worker, task, fn, args, kwargs)
                 worker.running[task] = future
-            except (OSError, pickle.PicklingError, AttributeError, TypeError) as error:
+            except Exception as error:  # noqa: BLE001 (an unpicklable task, a closed pipe)
                 failed.append((future, RemoteError(f"could not send the task to {worker.device}: {error}")))
         return failed
+
+    def answered(self, worker, task, ok, payload):
+        """A task's answer: its result (ok) or the exception it raised."""
+        with self.lock:
+            future = worker.running.pop(task, None)
+            failed = self.dispatch() if not self.closed else []
+        settle(failed + ([(future, payload if not ok else None, payload)] if future else []))
+
+    def lost(self, worker, handle, error):
+        """The worker process (or actor) `handle` died: fail what it was running with `error`; the
+        next task that needs the slot starts a new one. True if `handle` was still the worker's."""
+        with self.lock:
+            current = worker.handle is handle
+            lost = worker.running if current else {}
+            if current:
+                worker.handle, worker.running = None, {}
+            failed = self.dispatch() if not self.closed else []
+        settle(failed + [(future, error) for future in lost.values()])
+        return current
+
+    def close(self, cancel_futures):
+        """Take no more tasks (cancel the queued ones with cancel_futures); returns the live workers'
+        handles and the futures they are running."""
+        with self.lock:
+            self.closed = True
+            cancelled = list(self.pending) if cancel_futures else []
+            if cancel_futures:
+                self.pending.clear()
+            live = [(w.handle, list(w.running.values())) for w in self.workers if w.handle is not None]
+        for future, *_ in cancelled:
+            future.cancel()
+        return live
+
+
+class Pool(Executor):
+    """A concurrent.futures.Executor over worker processes of this machine, `n` students at once on
+    each device of `slots` [(device, n)]. init(device, *initargs) runs once in each new process."""
+
+    def __init__(self, slots, init=None, initargs=()):
+        super().__init__(slots)
+        self.init, self.initargs = init, initargs
+        cpu = sum(n for device, n in slots if device == "cpu")
+        self.threads = max(1, (os.cpu_count() or 1) // cpu) if cpu else 0  # torch threads per CPU student
+        self.context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked workers
+        self.pipes = {}  # process -> its pipe
 
     def start(self, worker):
         parent, child = self.context.Pipe()
@@ -138,8 +211,11 @@ class Pool(cf.Executor):
                                                            self.init, self.initargs))
         process.start()
         child.close()
-        worker.process, worker.conn = process, parent
+        worker.handle, self.pipes[process] = process, parent
         threading.Thread(target=self.listen, args=(worker, process, parent), daemon=True).start()
+
+    def send(self, worker, task, fn, args, kwargs):
+        self.pipes[worker.handle].send((task, fn, args, kwargs))
 
     def listen(self, worker, process, conn):
         """Pass a worker's answers to their futures; when its pipe closes, fail what it was running."""
@@ -148,36 +224,21 @@ class Pool(cf.Executor):
                 task, ok, payload = conn.recv()
             except (EOFError, OSError, pickle.UnpicklingError):
                 break
-            with self.lock:
-                future = worker.running.pop(task, None)
-                failed = self.dispatch() if not self.closed else []
-            settle(failed + ([(future, payload if not ok else None, payload)] if future else []))
+            self.answered(worker, task, ok, payload)
         process.join(timeout=10)
-        with self.lock:
-            lost = worker.running if worker.process is process else {}
-            if worker.process is process:
-                worker.process, worker.conn, worker.running = None, None, {}
-            failed = self.dispatch() if not self.closed else []
-        error = WorkerDied(f"the worker process on {worker.device} died (exit code {process.exitcode}); "
-                           "its evaluations in flight failed")
-        settle(failed + [(future, error) for future in lost.values()])
+        self.lost(worker, process, WorkerDied(f"the worker process on {worker.device} died (exit code "
+                                              f"{process.exitcode}); its evaluations in flight failed"))
+        self.pipes.pop(process, None)
 
     def shutdown(self, wait=True, *, cancel_futures=False):
         """wait=True: let the running tasks finish; wait=False: stop the workers now (Ctrl-C)."""
-        with self.lock:
-            self.closed = True
-            cancelled = list(self.pending) if cancel_futures else []
-            if cancel_futures:
-                self.pending.clear()
-            live = [(w.process, w.conn) for w in self.workers if w.process is not None]
-        for future, *_ in cancelled:
-            future.cancel()
-        for process, conn in live:
+        live = [process for process, _ in self.close(cancel_futures)]
+        for process in live:
             try:
-                conn.send(None) if wait else process.kill()
-            except OSError:
+                self.pipes[process].send(None) if wait else process.kill()
+            except (OSError, KeyError):  # KeyError: it died meanwhile
                 pass
-        for process, _ in live:
+        for process in live:
             process.join()
 
 
@@ -199,37 +260,12 @@ def serve(conn, device, n_slots, threads, init, initargs):
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     if threads:
         torch.set_num_threads(threads)
-    send_lock, local = threading.Lock(), threading.local()
-
-    def answer(task, ok, payload):
-        try:
-            message = pickle.dumps((task, ok, payload))
-            pickle.loads(message)  # some exceptions pickle but cannot be rebuilt
-        except Exception:  # noqa: BLE001 (an unpicklable result or exception)
-            message = pickle.dumps((task, False, RemoteError(describe(payload))))
-        with send_lock:
-            conn.send_bytes(message)
-
-    def stream():
-        """This thread's own CUDA stream, so that the students of one GPU overlap."""
-        if not device.startswith("cuda"):
-            return nullcontext()
-        if not hasattr(local, "stream"):
-            index = torch.device(device).index or 0
-            torch.cuda.set_device(index)
-            local.stream = torch.cuda.Stream(index)
-        return torch.cuda.stream(local.stream)
+    send_lock = threading.Lock()
 
     def run(task, fn, args, kwargs):
-        try:
-            if startup_error is not None:
-                raise startup_error
-            with stream():
-                result = fn(*args, **kwargs)
-        except BaseException as error:  # noqa: BLE001 (every failure goes back to its future)
-            answer(task, False, error)
-        else:
-            answer(task, True, result)
+        message = pickle.dumps((task, *perform(device, fn, args, kwargs, startup_error)))
+        with send_lock:
+            conn.send_bytes(message)
 
     startup_error = None
     try:
@@ -246,6 +282,38 @@ def serve(conn, device, n_slots, threads, init, initargs):
             if message is None:
                 break  # an orderly shutdown: finish the running students, then exit
             students.submit(run, *message)
+
+
+_THREAD = threading.local()
+
+
+def perform(device, fn, args, kwargs, startup_error=None):
+    """(ok, result or exception) of fn(*args, **kwargs), run on this thread's own CUDA stream of
+    `device` so that the students of one GPU overlap; an exception that cannot travel back to the
+    parent (it does not pickle, or cannot be rebuilt) is replaced by a RemoteError that describes it."""
+    try:
+        if startup_error is not None:
+            raise startup_error
+        with stream(device):
+            outcome = (True, fn(*args, **kwargs))
+    except BaseException as error:  # noqa: BLE001 (every failure goes back to its future)
+        outcome = (False, error)
+    try:
+        pickle.loads(pickle.dumps(outcome))  # some exceptions pickle but cannot be rebuilt
+    except Exception:  # noqa: BLE001 (an unpicklable result or exception)
+        outcome = (False, RemoteError(describe(outcome[1])))
+    return outcome
+
+
+def stream(device):
+    """This thread's own CUDA stream on `device` (nothing on the CPU)."""
+    if not device.startswith("cuda"):
+        return nullcontext()
+    if not hasattr(_THREAD, "stream"):
+        index = torch.device(device).index or 0
+        torch.cuda.set_device(index)
+        _THREAD.stream = torch.cuda.Stream(index)
+    return torch.cuda.stream(_THREAD.stream)
 
 
 def describe(error):
@@ -288,12 +356,24 @@ def teacher(protocol):
     return STATE["lessons"]
 
 
+def lessons_file(path):
+    """Where this worker keeps the lessons: `path`, in the driver's output folder, where this machine
+    sees that folder (the driver's own, or a shared filesystem); else, on a Ray node without it, a file
+    of the node's own in its temporary folder, named after `path`, so that its actors compute them once."""
+    if Path(path).parent.is_dir():
+        return path
+    local = Path(tempfile.gettempdir()) / "autokd-lessons" / f"{hashlib.sha1(path.encode()).hexdigest()[:16]}.pt"
+    local.parent.mkdir(parents=True, exist_ok=True)
+    return str(local)
+
+
 def lessons_table(path, protocol):
-    """(Lessons, seconds spent computing them): loaded from `path` if they fit this run, else
-    computed with this worker's teacher and saved there. A file lock keeps the workers of one
-    machine from computing them twice."""
+    """(Lessons, seconds spent computing them): loaded from `path` (see lessons_file) if they fit this
+    run, else computed with this worker's teacher and saved there. A file lock keeps the workers of
+    one machine from computing them twice."""
     import train
     from teachers import lessons
+    path = lessons_file(path)
     data, device = STATE["data"], torch.device(STATE["device"])
     amp, autocast, memory_format = train.precision(protocol, device)
     key = {**STATE["settings"]["lessons_key"], "amp": amp, "train_size": len(data.train)}

@@ -89,9 +89,9 @@ def test_search_retrain_report_end_to_end(tmp_path, teacher):
             assert (tmp_path / "fig" / f"{name}.png").stat().st_size > 0
 
 
-def test_killed_search_resumes_without_repeating_or_losing_evaluations(tmp_path):
-    out = tmp_path / "search"
-    args = [sys.executable, os.path.join(ROOT, "search.py"), *ONE, "--iterations", "3", "--out", str(out)]
+def kill_after_first_result(args, out):
+    """Run the search command `args` writing to `out`, kill -9 its process group once its log has a
+    result (the parent and its worker processes, mid-search); returns the log as it was left."""
     proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.time() + 240
@@ -99,9 +99,15 @@ def test_killed_search_resumes_without_repeating_or_losing_evaluations(tmp_path)
         if (out / "results.jsonl").is_file() and len(read_log(out)) >= 1:
             break
         time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)  # the parent and its worker, mid-search
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    before = read_log(out)
+    return read_log(out)
+
+
+def test_killed_search_resumes_without_repeating_or_losing_evaluations(tmp_path):
+    out = tmp_path / "search"
+    args = [sys.executable, os.path.join(ROOT, "search.py"), *ONE, "--iterations", "3", "--out", str(out)]
+    before = kill_after_first_result(args, out)
     assert 1 <= len(before) < 3, "the search should have been killed part-way"
 
     s = cli("search.py", *ONE, "--iterations", "3", "--out", str(out))

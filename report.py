@@ -170,11 +170,12 @@ def print_tables(searches, retrains):
         for budget, accs in accuracies_by_budget(records + study).items():
             print(f"        {budget:>6g} epochs                  {len(accs):>5} {100 * np.mean(accs):>8.2f} "
                   f"{100 * max(accs):>8.2f}")
-        print("Fig. 3  best accuracy vs time (hours, best %), per budget")
+        print("Fig. 3  best accuracy found by BOHB vs time (minutes since the search started, best %), per budget")
         for budget, curve in best_over_time(records).items():
-            print(f"        {budget:>6g} epochs  " + "  ".join(f"({h:.2f}, {100 * a:.1f})" for h, a in curve))
+            print(f"        {budget:>6g} epochs  " + "  ".join(f"({60 * h:.1f}, {100 * a:.1f})" for h, a in curve))
         chosen, source = fig4_records(records, study)
-        print(f"Fig. 4  Spearman rank correlation between budgets, over the configurations {source}")
+        print("Fig. 4  Spearman rank correlation between budgets, over " + ("the study's configurations (each at every "
+              "budget)" if source == "study" else "the configurations BOHB promoted"))
         for (b1, b2), (rho, n, why) in rank_correlations(chosen).items():
             print(f"        {b1:g} vs {b2:g} epochs: " + (f"ρ = {rho:.2f} over {n} configurations" if why is None
                                                           else f"n/a ({why}; run the search with --study 10)"))
@@ -222,10 +223,14 @@ def figures(searches, retrains, out):
     fig, axes = plt.subplots(1, len(budgets), figsize=(4 * len(budgets), 3.2), squeeze=False)
     for ax, budget in zip(axes[0], budgets):
         values = [100 * np.array(accuracies.get(budget, [])) for accuracies in every]
-        bins = np.histogram_bin_edges(np.concatenate(values), bins=12)  # the same bins for KD and no KD
-        for accs, (_, _, label) in zip(values, searches):
-            ax.hist(accs, bins=bins, alpha=0.6, label=f"{label} (n={len(accs)})")
-        ax.set(title=f"{budget:g} epochs", xlabel="hold-out accuracy %", ylabel="students")
+        bins = np.histogram_bin_edges(np.concatenate(values), bins=10)  # the same bins for KD and no KD
+        for color, accs, (_, _, label) in zip(("C0", "C1"), values, searches):
+            ax.hist(accs, bins=bins, alpha=0.55, color=color, label=f"{label} (n={len(accs)})")
+            if len(accs):
+                ax.axvline(accs.mean(), color=color, linestyle="--", linewidth=1.5)  # the mean
+        ax.set(title=f"{budget:g} epoch{'s' * (budget != 1)} (dashed: means)", xlabel="hold-out accuracy %",
+               ylabel="students")
+        ax.yaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize=6)
     written.append(save(fig, out / "fig2_histograms.png", plt))
 
@@ -236,7 +241,7 @@ def figures(searches, retrains, out):
             if curve:
                 hours, best = zip(*curve)
                 ax.step(60 * np.array(hours), 100 * np.array(best), where="post", marker="o", label=label)
-        ax.set(title=f"{budget:g} epochs", xlabel="wall-clock minutes", ylabel="best accuracy %")
+        ax.set(title=f"{budget:g} epoch{'s' * (budget != 1)}", xlabel="wall-clock minutes", ylabel="best accuracy %")
     axes[0][0].legend(fontsize=7)
     written.append(save(fig, out / "fig3_best_vs_time.png", plt))
 
@@ -252,7 +257,8 @@ def figures(searches, retrains, out):
         ax.imshow(np.ma.masked_invalid(matrix), vmin=-1, vmax=1, cmap="RdBu")
         for i in range(len(b)):
             for j in range(len(b)):
-                ax.text(j, i, text[i][j], ha="center", va="center", fontsize=7)
+                dark = np.isfinite(matrix[i, j]) and abs(matrix[i, j]) > 0.6
+                ax.text(j, i, text[i][j], ha="center", va="center", fontsize=7, color="white" if dark else "black")
         ax.set(xticks=range(len(b)), yticks=range(len(b)), xticklabels=[f"{x:g}" for x in b],
                yticklabels=[f"{x:g}" for x in b], xlabel="epochs", title=f"{label}\n({source})")
         ax.title.set_fontsize(8)

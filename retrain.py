@@ -77,7 +77,8 @@ def table(rows, teacher):
         means.append(acc.mean())
         spreads.append(acc.std(ddof=1) if len(acc) > 1 else np.nan)
         r = runs[0]
-        lines.append(f"{index:>8} {r['seed']:>6} {len(acc):>4} {acc.mean():>8.2f} ± {spreads[-1]:<4.2f} "
+        spread = f"± {spreads[-1]:<4.2f}" if len(acc) > 1 else "      "  # one run has no spread
+        lines.append(f"{index:>8} {r['seed']:>6} {len(acc):>4} {acc.mean():>8.2f} {spread} "
                      f"{r['params'] / 1e6:>9.3f} {r['macs'] / 1e6:>9.1f} {r['memory_mb']:>10.3f}")
     means = np.array(means)
     stats = {"mean": float(means.mean()), "std": float(means.std(ddof=1)) if len(means) > 1 else 0.0,

@@ -106,7 +106,7 @@ def test_report_of_two_searches_with_studies_has_no_nan(tmp_path):
                         "--out", str(tmp_path / "fig")], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "nan" not in r.stdout.lower()
-    assert "over the configurations study" in r.stdout and "ρ = 0.80 over 4 configurations" in r.stdout
+    assert "over the study's configurations" in r.stdout and "ρ = 0.80 over 4 configurations" in r.stdout
     assert "+5.00 points on average; KD better for 4 of 4" in r.stdout            # 1 epoch: every pair +0.05
     assert "KD minus no KD: +2.50 points" in r.stdout                               # 96.0 - 93.5
     if "figures skipped" not in r.stdout:

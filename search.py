@@ -9,11 +9,14 @@ per GPU; this process owns BOHB, the log and best.json.
     python search.py --dataset cifar10 --gpus 8 --teacher teacher.pt      # the paper: ~300 students
     python search.py --dataset cifar10 --gpus 8 --no-kd --out runs/nago-cifar10   # vanilla NAGO
     python search.py --dataset digits                                      # offline quick start
+    python search.py --dataset digits --no-kd                              # ... and its baseline
 
-The quick start trains a small digits teacher, then runs one scaled-down Hyperband iteration (budgets
-of 1 to 4 epochs) on the CPU in a few minutes, and ends with the path of best.json. Before the first
-student it prints the plan's cost (epochs x training images), the teacher's accuracy on the hold-out,
-and then one line per evaluation with the throughput measured so far and the expected time left.
+The quick start (SEARCH_PRESETS["digits"]) trains a small digits teacher, then one Hyperband
+iteration at budgets of 1 to 4 epochs and a study of 10 random configurations at every budget
+(--study, for Fig. 4), on a 2-core CPU in minutes (bench/course.py times the whole quick start).
+Before the first student it prints the plan's cost (epochs x training images), the teacher's
+accuracy on the hold-out, and then one line per evaluation with the throughput measured so far and
+the expected time left; it ends with the path of best.json.
 
     search.json     the resolved settings and training protocol, package versions, code version
     teacher.json    the teacher's hold-out accuracy, measured before the first student
@@ -22,6 +25,8 @@ and then one line per evaluation with the throughput measured so far and the exp
                     worker (bohb.py's log format, appended and fsync'd)
     best.json       the incumbent θ*, τ*, α* with its evaluations, data set and teacher; rewritten
                     atomically whenever it changes; retrain.py reads it
+    study.jsonl     with --study N: N configurations, each at every budget (same format; BOHB never
+                    sees them; report.py's Fig. 4 does)
 
 Re-running the same command resumes: finished evaluations are read from the log, not run again; a
 finished search prints its result and changes nothing.
@@ -196,8 +201,9 @@ class Progress:
 
     def cost(self):
         images = self.total * self.train_size
+        amount = f"{images / 1e6:,.1f} M" if images >= 1e6 else f"{images:,.0f}"
         return (f"cost: {self.jobs} trainings, {self.total:,.0f} epochs x {self.train_size:,} training images = "
-                f"{images / 1e6:,.1f} M images through the student (and teacher)")
+                f"{amount} images through the student (and teacher)")
 
     def update_best(self):
         """Write best.json if the incumbent differs from the one on disk; True if it did."""

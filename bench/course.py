@@ -73,6 +73,13 @@ def commands(preset, out, data=(), teacher=None, smoke=False):
     return stages
 
 
+def cpu_seconds():
+    """User + system CPU seconds of the finished child processes (and theirs): on an idle machine
+    with one worker per core, a stage's wall time is about its CPU time over the cores it uses."""
+    t = os.times()
+    return t.children_user + t.children_system
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="quickstart", choices=("quickstart", "cifar10"),
@@ -91,17 +98,17 @@ def main():
     times, start = [], time.perf_counter()
     for stage, argv in commands(args.preset, args.out, data, args.teacher, args.smoke):
         print(f"\n$ python {' '.join(argv)}", flush=True)
-        t = time.perf_counter()
+        t, cpu = time.perf_counter(), cpu_seconds()
         code = subprocess.call([sys.executable, str(ROOT / argv[0]), *argv[1:]])
-        times.append((stage, time.perf_counter() - t))
+        times.append((stage, time.perf_counter() - t, cpu_seconds() - cpu))
         if code != 0:
             sys.exit(f"error: `python {' '.join(argv)}` failed (exit {code}); the run stops here. Fix the cause and "
                      f"run this script again: the finished stages are resumed, not repeated.")
     total = time.perf_counter() - start
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    text = "\n".join(["| stage | wall time |", "|---|---|"]
-                     + [f"| {stage} | {common.hms(seconds)} |" for stage, seconds in times]
-                     + [f"| **all** | **{common.hms(total)}** |", "",
+    text = "\n".join(["| stage | wall time | CPU time, all processes |", "|---|---|---|"]
+                     + [f"| {stage} | {common.hms(wall)} | {common.hms(cpu)} |" for stage, wall, cpu in times]
+                     + [f"| **all** | **{common.hms(total)}** | {common.hms(sum(c for _, _, c in times))} |", "",
                         f"Load average (1 min) at the end: {load:.1f} on {os.cpu_count()} cores"
                         + (" (above the core count: other jobs shared the machine, and the times are longer "
                            "than on an idle one)." if load > (os.cpu_count() or 1) else ".")])

@@ -49,3 +49,25 @@ def test_course_smoke_runs_the_quick_start_commands(tmp_path):
     if "figures skipped" not in r.stdout:
         for name in ("fig2_histograms", "fig3_best_vs_time", "fig4_rank_correlation", "fig6_accuracy_vs_memory"):
             assert (runs / "figures" / f"{name}.png").stat().st_size > 0
+
+
+def test_the_cifar10_course_commands_parse():
+    """The course run needs a GPU and CIFAR-10, so no test runs it; its commands at least name flags
+    and values that their scripts accept (parsed by each script's own parser)."""
+    import importlib.util
+    sys.path.insert(0, ROOT)
+    import retrain
+    import search
+    import train
+    spec = importlib.util.spec_from_file_location("course", os.path.join(ROOT, "bench", "course.py"))
+    course = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(course)
+    stages = course.commands("cifar10", "runs", ["--download"])
+    assert [stage for stage, _ in stages] == ["data", "teacher", "KD search", "no-KD search", "retrain with KD",
+                                              "retrain without KD", "report"]
+    parsers = {"train.py": train.parser, "search.py": search.parser, "retrain.py": retrain.parser}
+    for _, argv in stages:
+        if argv[0] in parsers:
+            parsers[argv[0]]().parse_args(argv[1:])  # exits (SystemExit) on an unknown flag or a bad value
+    search_args = search.parser().parse_args(stages[2][1][1:])
+    assert (search_args.min_budget, search_args.max_budget, search_args.study, search_args.max_nodes) == (1, 4, 10, 5)

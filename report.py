@@ -240,7 +240,10 @@ def figures(searches, retrains, out):
             curve = best_over_time(records).get(budget, [])
             if curve:
                 hours, best = zip(*curve)
-                ax.step(60 * np.array(hours), 100 * np.array(best), where="post", marker="o", label=label)
+                end = (max(r["finished"] for r in records) - min(r["started"] for r in records
+                                                                 if r["started"] is not None)) / 3600
+                ax.step(60 * np.array(hours + (end,)), 100 * np.array(best + best[-1:]), where="post",
+                        marker="o", markevery=len(hours) * [True] + [False], label=label)  # held to the search's end
         ax.set(title=f"{budget:g} epoch{'s' * (budget != 1)}", xlabel="wall-clock minutes", ylabel="best accuracy %")
     axes[0][0].legend(fontsize=7)
     written.append(save(fig, out / "fig3_best_vs_time.png", plt))

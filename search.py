@@ -289,7 +289,8 @@ def run(args):
         settings["teacher"] = common.absolute(out / "teacher.pt")
     saved = out / "search.json"
     if saved.is_file():
-        common.check_resume(common.read_json(str(saved), "search.json")["settings"], settings, RESUME_KEYS, out)
+        before = {"max_nodes": MAX_NODES, **common.read_json(str(saved), "search.json")["settings"]}  # older folders
+        common.check_resume(before, settings, RESUME_KEYS, out)
     # Load the data and the teacher here once: a missing folder or a wrong teacher is one clear error
     # now, not a failure in every worker; and an image folder is decoded into its cache only once.
     data = load_data(settings["dataset"], settings["data_dir"], "search", val_size=settings["val_size"],

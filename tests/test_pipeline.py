@@ -177,7 +177,7 @@ def test_failed_evaluations_are_logged_as_inf_and_the_search_goes_on(tmp_path):
     ("search.py", ["--dataset", "cifar10", "--gpus", "0"], "needs --teacher CKPT"),
     ("search.py", ["--dataset", "digits", "--teacher", "/no/such.pt", "--gpus", "0"], "not found"),
     ("search.py", ["--dataset", "svhn"], "invalid choice"),
-    ("search.py", ["--dataset", "digits", "--no-kd", "--max-params", "60000"], "does not fit --max-params"),
+    ("search.py", ["--dataset", "digits", "--no-kd", "--max-params", "20000"], "does not fit --max-params"),
     ("search.py", ["--dataset", "digits", "--no-kd", "--gpus", "64"], "more GPUs than"),
     ("retrain.py", ["--theta", "/no/such/best.json"], "cannot read --theta"),
     ("retrain.py", ["--theta", "{BAD"], "--theta (inline JSON) is not valid JSON"),

@@ -9,11 +9,14 @@ per GPU; this process owns BOHB, the log and best.json.
     python search.py --dataset cifar10 --gpus 8 --teacher teacher.pt      # the paper: ~300 students
     python search.py --dataset cifar10 --gpus 8 --no-kd --out runs/nago-cifar10   # vanilla NAGO
     python search.py --dataset digits                                      # offline quick start
+    python search.py --dataset digits --no-kd                              # ... and its baseline
 
-The quick start trains a small digits teacher, then runs one scaled-down Hyperband iteration (budgets
-of 1 to 4 epochs) on the CPU in a few minutes, and ends with the path of best.json. Before the first
-student it prints the plan's cost (epochs x training images), the teacher's accuracy on the hold-out,
-and then one line per evaluation with the throughput measured so far and the expected time left.
+The quick start (SEARCH_PRESETS["digits"]) trains a small digits teacher, then one Hyperband
+iteration at budgets of 1 to 4 epochs and a study of 10 random configurations at every budget
+(--study, for Fig. 4), on a 2-core CPU in minutes (bench/course.py times the whole quick start).
+Before the first student it prints the plan's cost (epochs x training images), the teacher's
+accuracy on the hold-out, and then one line per evaluation with the throughput measured so far and
+the expected time left; it ends with the path of best.json.
 
     search.json     the resolved settings and training protocol, package versions, code version
     teacher.json    the teacher's hold-out accuracy, measured before the first student
@@ -22,15 +25,20 @@ and then one line per evaluation with the throughput measured so far and the exp
                     worker (bohb.py's log format, appended and fsync'd)
     best.json       the incumbent θ*, τ*, α* with its evaluations, data set and teacher; rewritten
                     atomically whenever it changes; retrain.py reads it
+    study.jsonl     with --study N: N configurations, each at every budget (same format; BOHB never
+                    sees them; report.py's Fig. 4 does)
 
 Re-running the same command resumes: finished evaluations are read from the log, not run again; a
 finished search prints its result and changes nothing.
 """
+import concurrent.futures as cf
 import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 import bohb
 import common
@@ -49,11 +57,19 @@ SEARCH_PRESETS = {
     "cifar100": dict(min_budget=30, max_budget=120, iterations=21),
     "mit67": dict(min_budget=30, max_budget=120, iterations=21),
     "imagenet": dict(min_budget=30, max_budget=120, iterations=21),
-    # the offline quick start: one iteration of 4 @ 1 -> 2 @ 2 -> 1 @ 4 epochs, 3 @ 2 -> 1 @ 4, 3 @ 4,
-    # students limited to 0.5 M parameters and batches of 32 (35 steps an epoch, at DARTS's 0.025 peak
-    # learning rate: --lr is given for batch 96 and scaled linearly), so a 2-core CPU takes seconds
-    "digits": dict(min_budget=1, max_budget=4, iterations=1, max_params=5e5, batch_size=32, lr=0.075),
+    # The offline quick start, sized for a 2-core CPU (README, "Quick start"): one Hyperband iteration
+    # of 4 @ 1 -> 2 @ 2 -> 1 @ 4 epochs, 3 @ 2 -> 1 @ 4, 3 @ 4, then a study of 10 random
+    # configurations at 1, 2 and 4 epochs for Fig. 4. Why these settings:
+    # - batches of 16 (69 steps an epoch on the 1,097 training images): a NAGO student needs about a
+    #   hundred SGD steps before it leaves chance, and 35 steps of batch 32 left many 1-epoch students
+    #   there (not their BatchNorm statistics: scored with batch statistics they were at chance too);
+    # - at most 5 nodes per level (27-125 units, not 27-1,000): on a CPU a step costs about the
+    #   same per unit whatever the width, and the full box's students cost 3x more per step;
+    # - 0.1 M parameters: students far weaker than the teacher, so that it has something to teach.
+    "digits": dict(min_budget=1, max_budget=4, iterations=1, max_params=1e5, batch_size=16, lr=0.075,
+                   max_nodes=5, study=10),
 }
+MAX_NODES = generator.SPACE["top_nodes"][2]  # NAGO's largest graph at every level
 # The search phase's training protocol. The paper (Sec. 4): "all remaining training parameters were
 # set following Ru et al. (2020)". Where Ru et al. state a setting for their search, we follow it:
 #   budgets 30 / 60 / 120 epochs, η = 2     AutoKD Sec. 4 and the released configuration (SEARCH_PRESETS)
@@ -71,7 +87,8 @@ SEARCH_PROTOCOL = train.Protocol(weight_decay=1e-4)
 DIGITS_TEACHER = dict(width=8, layers=5, epochs=20)
 # Settings a resumed search must share with the folder it continues.
 RESUME_KEYS = ("dataset", "data_dir", "no_kd", "teacher", "min_budget", "max_budget", "eta", "seed",
-               "max_params", "val_size", "protocol")
+               "max_params", "max_nodes", "val_size", "protocol")
+STUDY = 1  # the study's seeds and draws are derived from (--seed, STUDY, ...), apart from BOHB's
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -86,7 +103,8 @@ def objective(config, budget, job):
     configurations never share a seed."""
     state, s = workers.STATE, workers.STATE["settings"]
     protocol = train.Protocol(**s["protocol"], capture=s["capture"])
-    seed = generator.derived_seed(s["seed"], job["iteration"], job["bracket"], job["index"])
+    seed = job["arch_seed"] if "arch_seed" in job else generator.derived_seed(s["seed"], job["iteration"],
+                                                                              job["bracket"], job["index"])
     result, arch, _ = train.f_kd(config, budget, seed, state["data"], workers.teacher(protocol), protocol,
                                  device=state["device"], max_params=s["max_params"],
                                  own_rng=not workers.shares_process())
@@ -108,12 +126,14 @@ def resolve(args):
     image_size, num_classes = DATA_PRESETS[args.dataset].image_size, DATA_PRESETS[args.dataset].num_classes
     pick = {key: getattr(args, key) if getattr(args, key) is not None else preset.get(key, default)
             for key, default in (("min_budget", None), ("max_budget", None), ("iterations", None),
-                                 ("batch_size", SEARCH_PROTOCOL.batch_size), ("lr", SEARCH_PROTOCOL.lr))}
+                                 ("batch_size", SEARCH_PROTOCOL.batch_size), ("lr", SEARCH_PROTOCOL.lr),
+                                 ("max_nodes", MAX_NODES), ("study", 0))}
     protocol = SEARCH_PROTOCOL.replace(batch_size=pick["batch_size"], lr=pick["lr"],
                                        eval_every=int(round(pick["max_budget"])))
     s = {"dataset": args.dataset, "data_dir": common.absolute(args.data_dir), "cache_dir": args.cache_dir,
          "split": "search", "no_kd": args.no_kd, "eta": args.eta, "seed": args.seed, "val_size": args.val_size,
          "min_budget": pick["min_budget"], "max_budget": pick["max_budget"], "iterations": pick["iterations"],
+         "max_nodes": pick["max_nodes"], "study": pick["study"],
          "protocol": {k: v for k, v in dataclasses.asdict(protocol).items() if k != "capture"},
          "capture": args.capture, "workers_per_gpu": args.workers_per_gpu,
          "max_params": int(args.max_params or preset.get("max_params") or generator.default_max_params(image_size)),
@@ -123,7 +143,9 @@ def resolve(args):
     if int(round(s["min_budget"])) < 1:
         raise common.UserError(f"--min-budget {s['min_budget']:g} rounds to 0 epochs; give at least 1.")
     bohb.bracket_plan(s["min_budget"], s["max_budget"], s["eta"])
-    largest = {name: high for name, (_, _, high) in generator.SPACE.items()}
+    if not 3 < s["max_nodes"] <= MAX_NODES:
+        raise common.UserError(f"--max-nodes {s['max_nodes']} is outside NAGO's node range; give 4 to {MAX_NODES}.")
+    largest = {name: high for name, (_, _, high) in box(s).items() if name in generator.SPACE}
     try:  # every θ of the box must fit the limit at width 1, or part of the space could never be trained
         generator.sample(largest, 0, image_size, num_classes, s["max_params"])
     except ValueError as e:
@@ -137,6 +159,14 @@ def resolve(args):
         raise common.UserError(f"teacher checkpoint {args.teacher} not found; check --teacher.")
     s["slots"], s["ray"] = workers.slots(args.gpus, args.workers, args.workers_per_gpu, args.ray), args.ray
     return s
+
+
+def box(settings):
+    """The searched space: NAGO's θ ranges (generator.SPACE) with every level's node count at most
+    --max-nodes, joined with τ and α (kd_loss.SPACE) unless --no-kd."""
+    theta = {name: (kind, low, min(high, settings["max_nodes"])) if name.endswith("_nodes") else (kind, low, high)
+             for name, (kind, low, high) in generator.SPACE.items()}
+    return theta if settings["no_kd"] else {**theta, **kd_loss.SPACE}
 
 
 def digits_teacher(path):
@@ -181,8 +211,9 @@ class Progress:
 
     def cost(self):
         images = self.total * self.train_size
+        amount = f"{images / 1e6:,.1f} M" if images >= 1e6 else f"{images:,.0f}"
         return (f"cost: {self.jobs} trainings, {self.total:,.0f} epochs x {self.train_size:,} training images = "
-                f"{images / 1e6:,.1f} M images through the student (and teacher)")
+                f"{amount} images through the student (and teacher)")
 
     def update_best(self):
         """Write best.json if the incumbent differs from the one on disk; True if it did."""
@@ -210,6 +241,55 @@ class Progress:
 
 
 # ----------------------------------------------------------------------------------------------------
+# The study for Fig. 4: the same configurations at every budget
+
+def study_jobs(settings, budgets):
+    """--study N: N configurations drawn uniformly from the box, each trained at every budget, whether
+    successive halving would promote it or not, so that Fig. 4's rank correlations are measured over
+    N configurations rather than the few that BOHB promotes (the paper pools 5 searches). BOHB never
+    sees these results. θ and the architecture seeds come from (--seed, STUDY) alone, so that the KD
+    and the --no-kd search of one seed study the same N students; τ and α have a stream of their own."""
+    theta = bohb.Space({k: v for k, v in box(settings).items() if k in generator.SPACE})
+    kd = bohb.Space(kd_loss.SPACE)
+    draw_theta = np.random.default_rng([settings["seed"], STUDY, 0])
+    draw_kd = np.random.default_rng([settings["seed"], STUDY, 1])
+    jobs = []
+    for index in range(settings["study"]):
+        config = theta.decode(draw_theta.random(len(theta)))
+        tau_alpha = kd.decode(draw_kd.random(len(kd)))
+        config = config if settings["no_kd"] else {**config, **tau_alpha}
+        seed = generator.derived_seed(settings["seed"], STUDY, index)
+        jobs += [{"iteration": None, "bracket": None, "rung": rung, "index": index, "budget": budget,
+                  "config": config, "origin": "study", "arch_seed": seed} for rung, budget in enumerate(budgets)]
+    return jobs
+
+
+def study_left(jobs, path):
+    """The study's jobs that its log (study.jsonl, in bohb.py's record format) does not hold yet."""
+    done = {(r["index"], r["rung"]) for r in common.read_jsonl(path)[0]}
+    return [job for job in jobs if (job["index"], job["rung"]) not in done]
+
+
+def run_study(pool, todo, total, path):
+    """Train the study's jobs `todo`, all queued at once on the pool, appending each result to `path`;
+    a failure is logged like the search's, and the others go on."""
+    records, whole = common.read_jsonl(path)
+    with common.open_log(path, whole) as log:
+        futures = {pool.submit(bohb.run_job, objective, job): job for job in todo}
+        for future in cf.as_completed(futures):
+            error = future.exception()  # the worker itself failed (run_job never raises)
+            record = future.result() if error is None else bohb.make_record(futures[future], None, None,
+                                                                              common.describe(error), {})
+            common.append_jsonl(log, record, default=bohb.to_json)
+            records.append(record)
+            acc = record["info"].get("accuracy")
+            print(f"[study {len(records):3d}/{total}] configuration {record['index']}  {record['budget']:g} ep  "
+                  + (f"acc {100 * acc:5.1f} %" if acc is not None else "FAILED " + record["error"].strip().splitlines()[-1]),
+                  flush=True)
+    return records
+
+
+# ----------------------------------------------------------------------------------------------------
 # The search
 
 def run(args):
@@ -219,7 +299,8 @@ def run(args):
         settings["teacher"] = common.absolute(out / "teacher.pt")
     saved = out / "search.json"
     if saved.is_file():
-        common.check_resume(common.read_json(str(saved), "search.json")["settings"], settings, RESUME_KEYS, out)
+        before = {"max_nodes": MAX_NODES, **common.read_json(str(saved), "search.json")["settings"]}  # older folders
+        common.check_resume(before, settings, RESUME_KEYS, out)
     # Load the data and the teacher here once: a missing folder or a wrong teacher is one clear error
     # now, not a failure in every worker; and an image folder is decoded into its cache only once.
     data = load_data(settings["dataset"], settings["data_dir"], "search", val_size=settings["val_size"],
@@ -238,8 +319,7 @@ def run(args):
     if not saved.is_file():
         common.write_json(saved, provenance)
 
-    space = dict(generator.SPACE) if settings["no_kd"] else {**generator.SPACE, **kd_loss.SPACE}
-    make = lambda: bohb.BOHB(space, settings["min_budget"], settings["max_budget"], settings["eta"],  # noqa: E731
+    make = lambda: bohb.BOHB(box(settings), settings["min_budget"], settings["max_budget"], settings["eta"],  # noqa: E731
                              settings["seed"])
     search, log = make(), out / "results.jsonl"
     progress = Progress(search, settings, out, provenance, len(data.train))
@@ -247,19 +327,28 @@ def run(args):
     progress.resumed(records)
     if records:
         print(f"resuming {log}: {len(records)} evaluations already done")
-    if records and make().complete(records, settings["iterations"]):
+    study = study_jobs(settings, sorted({budget for bracket in search.plan for _, budget in bracket}))
+    todo = study_left(study, out / "study.jsonl")
+    complete = bool(records) and make().complete(records, settings["iterations"])
+    if complete:
         search.complete(records, settings["iterations"])
-        print("the search is complete; nothing to run")
+        print("the search is complete" + ("; nothing to run" if not todo else ""))
     else:
         print(f"plan per Hyperband iteration: {bohb.format_plan(search.plan)}; {settings['iterations']} iteration(s)")
         print(progress.cost(), flush=True)
+    if todo:
+        print(f"then the study for Fig. 4: {settings['study']} random configurations at every budget, "
+              f"{len(todo)} trainings, {sum(job['budget'] for job in todo):g} epochs", flush=True)
+    if not complete or todo:
         pool = workers.pool(settings)
         try:
             if not settings["no_kd"]:
                 report = workers.check_teacher(pool, train.Protocol(**settings["protocol"], capture=settings["capture"]),
                                                settings)
                 common.write_json(out / "teacher.json", {**report, "teacher": settings["teacher"]})
-            search.run(objective, pool, settings["iterations"], log, on_result=progress, n_workers=pool.size)
+            if not complete:
+                search.run(objective, pool, settings["iterations"], log, on_result=progress, n_workers=pool.size)
+            run_study(pool, todo, len(study), out / "study.jsonl")
         finally:
             pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C must not wait for a running training
     progress.update_best()
@@ -290,6 +379,12 @@ def parser():
                    help="Hyperband iterations (default: preset; 21 train ~300 students, as in the paper)")
     p.add_argument("--max-params", type=common.positive_int, default=None,
                    help="student parameter limit, e.g. 4e6 (default: 4.0 M for 32 px, 6.0 M for 224 px, paper Sec. 4)")
+    p.add_argument("--max-nodes", type=common.positive_int, default=None,
+                   help=f"most nodes per graph at every level, 4 to {MAX_NODES} (default: preset, else {MAX_NODES}, "
+                        f"NAGO's); fewer make smaller, faster students")
+    p.add_argument("--study", type=common.nonnegative_int, default=None,
+                   help="after the search, train this many random configurations at every budget, for Fig. 4's "
+                        "rank correlations (default: preset, else 0); BOHB does not see them")
     p.add_argument("--val-size", type=common.positive_int, default=None, help="hold-out images (default: 5,000 for CIFAR)")
     p.add_argument("--batch-size", type=common.positive_int, default=None, help="batch size (default: preset, 96)")
     p.add_argument("--lr", type=common.positive_float, default=None,

@@ -19,3 +19,55 @@ def test_gpu_check_cpu_smoke(tmp_path):
         assert figures[section], section
     assert "| students |" in r.stdout  # the markdown table
     assert figures["search"]["evaluations that succeeded / captured / with lessons"].startswith("1 / 0 / 1")
+
+
+def test_bn_recalibration_smoke(tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bn_recalibration.py"), "--students", "1",
+                        "--budgets", "1"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "| 1 epoch(s) |" in r.stdout and "of the training time of one epoch" in r.stdout
+
+
+def test_course_smoke_runs_the_quick_start_commands(tmp_path):
+    """bench/course.py --smoke: the README's quick start commands in order, at tiny sizes, with a
+    one-epoch teacher; the two studies train the same students and the report shows no nan."""
+    teacher = tmp_path / "teacher.pt"
+    assert subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--arch", "darts", "--dataset", "digits",
+                           "--split", "final", "--width", "4", "--layers", "3", "--epochs", "1", "--no-auxiliary",
+                           "--save", str(teacher)], capture_output=True, timeout=600).returncode == 0
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "course.py"), "--smoke", "--teacher", str(teacher),
+                        "--out", str(tmp_path / "runs")], capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "quickstart:" in r.stdout and "| **all** |" in r.stdout
+    runs = tmp_path / "runs"
+    kd, plain = ([json.loads(line) for line in (runs / name / "study.jsonl").read_text().splitlines()]
+                 for name in ("search-digits", "search-digits-nokd"))
+    assert len(kd) == len(plain) == 6  # 3 configurations x budgets 1 and 2
+    assert {(r["index"], r["info"]["arch_seed"]) for r in kd} == {(r["index"], r["info"]["arch_seed"]) for r in plain}
+    assert "nan" not in r.stdout.lower() and "KD minus no KD" in r.stdout
+    assert json.loads((runs / "retrain-digits-nokd" / "summary.json").read_text())["no_kd"]
+    if "figures skipped" not in r.stdout:
+        for name in ("fig2_histograms", "fig3_best_vs_time", "fig4_rank_correlation", "fig6_accuracy_vs_memory"):
+            assert (runs / "figures" / f"{name}.png").stat().st_size > 0
+
+
+def test_the_cifar10_course_commands_parse():
+    """The course run needs a GPU and CIFAR-10, so no test runs it; its commands at least name flags
+    and values that their scripts accept (parsed by each script's own parser)."""
+    import importlib.util
+    sys.path.insert(0, ROOT)
+    import retrain
+    import search
+    import train
+    spec = importlib.util.spec_from_file_location("course", os.path.join(ROOT, "bench", "course.py"))
+    course = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(course)
+    stages = course.commands("cifar10", "runs", ["--download"])
+    assert [stage for stage, _ in stages] == ["data", "teacher", "KD search", "no-KD search", "retrain with KD",
+                                              "retrain without KD", "report"]
+    parsers = {"train.py": train.parser, "search.py": search.parser, "retrain.py": retrain.parser}
+    for _, argv in stages:
+        if argv[0] in parsers:
+            parsers[argv[0]]().parse_args(argv[1:])  # exits (SystemExit) on an unknown flag or a bad value
+    search_args = search.parser().parse_args(stages[2][1][1:])
+    assert (search_args.min_budget, search_args.max_budget, search_args.study, search_args.max_nodes) == (1, 4, 10, 5)

@@ -15,12 +15,12 @@ sys.path.insert(0, ROOT)
 import train  # noqa: E402
 import workers  # noqa: E402
 
-# 1 iteration of budgets 1 -> 2 epochs with η = 2: 2 @ 1 -> 1 @ 2, then 2 @ 2: 5 trainings
+# 1 iteration of budgets 1 -> 2 epochs with η = 2: 2 @ 1 -> 1 @ 2, then 2 @ 2: 5 trainings, no study
 TINY = ["--dataset", "digits", "--min-budget", "1", "--max-budget", "2", "--iterations", "1",
-        "--max-params", "120000", "--gpus", "0"]
+        "--max-params", "120000", "--gpus", "0", "--study", "0"]
 # one budget of 1 epoch: each Hyperband iteration is a single training, so N iterations train N
 ONE = ["--dataset", "digits", "--min-budget", "1", "--max-budget", "1", "--max-params", "120000", "--gpus", "0",
-       "--no-kd", "--workers", "1"]
+       "--no-kd", "--workers", "1", "--study", "0"]
 
 
 def cli(script, *args, **kw):
@@ -183,7 +183,7 @@ def test_failed_evaluations_are_logged_as_inf_and_the_search_goes_on(tmp_path):
     ("search.py", ["--dataset", "cifar10", "--gpus", "0"], "needs --teacher CKPT"),
     ("search.py", ["--dataset", "digits", "--teacher", "/no/such.pt", "--gpus", "0"], "not found"),
     ("search.py", ["--dataset", "svhn"], "invalid choice"),
-    ("search.py", ["--dataset", "digits", "--no-kd", "--max-params", "60000"], "does not fit --max-params"),
+    ("search.py", ["--dataset", "digits", "--no-kd", "--max-params", "20000"], "does not fit --max-params"),
     ("search.py", ["--dataset", "digits", "--no-kd", "--gpus", "64"], "more GPUs than"),
     ("retrain.py", ["--theta", "/no/such/best.json"], "cannot read --theta"),
     ("retrain.py", ["--theta", "{BAD"], "--theta (inline JSON) is not valid JSON"),

@@ -180,6 +180,19 @@ def digits_teacher(path):
         raise common.UserError("training the digits teacher failed; see the error above.")
 
 
+def ready_teacher(settings, data, out, lessons_flag):
+    """The teacher, trained first for the digits quick start and loaded once here, and where its
+    lessons go (settings["lessons"]: out/lessons.pt, or None with the reason they are computed live)."""
+    if settings["dataset"] == "digits" and settings["teacher"] == common.absolute(out / "teacher.pt"):
+        digits_teacher(out / "teacher.pt")
+    teachers.load(settings["teacher"], settings["dataset"], data.num_classes)
+    reason = lessons.unusable(data, cutout=0) if lessons_flag == "auto" else "--lessons off"
+    settings["lessons"] = str((out / "lessons.pt").resolve()) if reason is None else None
+    settings["lessons_live"] = reason
+    settings["lessons_key"] = {"teacher": common.file_digest(settings["teacher"]), "dataset": data.name,
+                               "split": "search", "val_size": settings["val_size"]}
+
+
 # ----------------------------------------------------------------------------------------------------
 # Progress, cost and best.json
 
@@ -305,15 +318,8 @@ def run(args):
     # now, not a failure in every worker; and an image folder is decoded into its cache only once.
     data = load_data(settings["dataset"], settings["data_dir"], "search", val_size=settings["val_size"],
                      cache_dir=settings["cache_dir"])
-    if settings["dataset"] == "digits" and settings["teacher"] == common.absolute(out / "teacher.pt"):
-        digits_teacher(out / "teacher.pt")
     if not settings["no_kd"]:
-        teachers.load(settings["teacher"], settings["dataset"], data.num_classes)
-        reason = lessons.unusable(data, cutout=0) if args.lessons == "auto" else "--lessons off"
-        settings["lessons"] = str((out / "lessons.pt").resolve()) if reason is None else None
-        settings["lessons_live"] = reason
-        settings["lessons_key"] = {"teacher": common.file_digest(settings["teacher"]), "dataset": data.name,
-                                   "split": "search", "val_size": settings["val_size"]}
+        ready_teacher(settings, data, out, args.lessons)
     provenance = {"dataset": settings["dataset"], "teacher": settings["teacher"], "no_kd": settings["no_kd"],
                   "search_dir": common.absolute(out), "settings": settings, "versions": common.versions()}
     if not saved.is_file():

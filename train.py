@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 import common
 import generator
+import teachers
 from data import DATASETS, batches, load_data
 from kd_loss import SPACE as KD_SPACE, check_kd_params
 from step import DEVICE_RNG, SGD, KDStep, learning_rate, precision, set_lr
@@ -315,8 +316,6 @@ def progress_line(row, epochs, split, eta_s):
 # ----------------------------------------------------------------------------------------------------
 # f_KD(θ, b): one student of G(θ), trained and scored
 
-
-
 def check_config(config):
     """The one checker of a configuration for every entry point: θ (generator.SPACE) and, optional,
     τ and α (kd_loss.SPACE); one sentence naming the key when anything is wrong."""
@@ -353,34 +352,21 @@ def f_kd(config, budget, seed, data, teacher, protocol, *, device, run=0, max_pa
 
 def build_model(args, data):
     """The network to train, its description for the checkpoint, and the θ file's τ and α."""
-    darts_flags = {k: getattr(args, k) for k in ("width", "layers", "drop_path_prob") if getattr(args, k) is not None}
-    if args.no_auxiliary:
-        darts_flags["auxiliary"] = False
-    if args.arch != "darts" and darts_flags:
-        raise common.UserError(f"--{'/--'.join(k.replace('_', '-') for k in darts_flags)} apply to "
-                               f"--arch darts only; drop them")
-    if (args.weights or args.from_scratch) and args.arch != "inception_resnet_v2":
-        raise common.UserError("--weights and --from-scratch apply to --arch inception_resnet_v2 only; drop them")
-    if args.weights and args.from_scratch:
-        raise common.UserError("--weights gives the initial weights and --from-scratch refuses them; drop one")
     if args.arch is not None and args.max_params is not None:
         raise common.UserError("--max-params limits a --theta student; a teacher's size is set by its "
                                "architecture, so drop it")
-    if args.theta is not None:
-        config = common.read_json(args.theta, "--theta")
-        config = check_config(config.get("config", config) if isinstance(config, dict) else config)
-        arch = generator.sample({k: config[k] for k in generator.SPACE}, args.seed, data.image_size,
-                                data.num_classes, args.max_params)
-        return generator.build(arch), {"arch": "nago", "arch_options": {"arch": arch}}, config
-    import teachers
-    if args.arch == "darts":
-        model = teachers.build("darts", data.num_classes, **darts_flags)
-        return model, {"arch": "darts", "arch_options": darts_flags}, {}
-    # The paper's MIT67 teacher is fine-tuned from ImageNet weights; a resumed run's checkpoint holds them.
-    options = {"weights": common.absolute(args.weights)} if args.weights else {"pretrained": not args.from_scratch}
-    resumed = args.resume and Path(args.save).is_file()
-    model = teachers.build(args.arch, data.num_classes, **({} if resumed else options))
-    return model, {"arch": args.arch, "arch_options": options}, {}
+    if args.theta is None:
+        model, description = teachers.from_flags(args, data.num_classes)
+        return model, description, {}
+    for flag in ("width", "layers", "drop_path_prob", "no_auxiliary", "weights", "from_scratch"):
+        if getattr(args, flag) not in (None, False):
+            raise common.UserError(f"--{flag.replace('_', '-')} applies to a teacher (--arch), not a --theta "
+                                   f"student; drop it")
+    config = common.read_json(args.theta, "--theta")
+    config = check_config(config.get("config", config) if isinstance(config, dict) else config)
+    arch = generator.sample({k: config[k] for k in generator.SPACE}, args.seed, data.image_size,
+                            data.num_classes, args.max_params)
+    return generator.build(arch), {"arch": "nago", "arch_options": {"arch": arch}}, config
 
 
 # The protocol's flags: one parser per setting, the defaults Protocol's (search.py and retrain.py
@@ -431,16 +417,7 @@ def parser():
                                                              f"{ALPHA} with --teacher, 0 without)")
     p.add_argument("--max-params", type=common.positive_int, default=None,
                    help="student parameter limit, e.g. 4e6 (default: generator's, 4.0 M / 6.0 M)")
-    p.add_argument("--width", type=common.positive_int, default=None, help="darts: initial channels (default 36)")
-    p.add_argument("--layers", type=common.positive_int, default=None, help="darts: cells (default 20)")
-    p.add_argument("--drop-path-prob", type=common.nonnegative_float, default=None,
-                   help="darts: final drop-path probability, ramped from 0 (default 0.2)")
-    p.add_argument("--no-auxiliary", action="store_true", help="darts: no auxiliary head")
-    p.add_argument("--weights", default=None,
-                   help="inception_resnet_v2: timm's ImageNet weights from this file (model.safetensors of "
-                        "huggingface.co/timm/inception_resnet_v2.tf_in1k) instead of the hub")
-    p.add_argument("--from-scratch", action="store_true",
-                   help="inception_resnet_v2: random initial weights, not timm's ImageNet ones (the default)")
+    teachers.add_flags(p)
     add_protocol_flags(p)
     p.add_argument("--device", type=common.device_name, default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device")
@@ -472,7 +449,6 @@ def main(argv=None):
     if alpha > 0:
         if args.teacher is None:
             raise common.UserError(f"KD weight alpha = {alpha} needs --teacher (or pass --alpha 0)")
-        import teachers
         teacher = teachers.load(args.teacher, args.dataset, data.num_classes, args.device)
     config.update(teacher=args.teacher, data_dir=args.data_dir, val_size=args.val_size)
     protocol = Protocol(**{name: getattr(args, name) for name in PROTOCOL_FLAGS})

@@ -28,6 +28,42 @@ def build(name, num_classes, **options):
     return BUILDERS[name](num_classes, **options)
 
 
+def add_flags(p):
+    """train.py's flags that shape a teacher (--arch)."""
+    p.add_argument("--width", type=common.positive_int, default=None, help="darts: initial channels (default 36)")
+    p.add_argument("--layers", type=common.positive_int, default=None, help="darts: cells (default 20)")
+    p.add_argument("--drop-path-prob", type=common.nonnegative_float, default=None,
+                   help="darts: final drop-path probability, ramped from 0 (default 0.2)")
+    p.add_argument("--no-auxiliary", action="store_true", help="darts: no auxiliary head")
+    p.add_argument("--weights", default=None,
+                   help="inception_resnet_v2: timm's ImageNet weights from this file (model.safetensors of "
+                        "huggingface.co/timm/inception_resnet_v2.tf_in1k) instead of the hub")
+    p.add_argument("--from-scratch", action="store_true",
+                   help="inception_resnet_v2: random initial weights, not timm's ImageNet ones (the default)")
+
+
+def from_flags(args, num_classes):
+    """The teacher that train.py's flags describe, and its description for the checkpoint:
+    --width/--layers/--drop-path-prob/--no-auxiliary for darts, --weights/--from-scratch for
+    inception_resnet_v2 (ImageNet weights from the hub by default: the paper fine-tunes its MIT67
+    teacher from them; a resumed run's checkpoint holds them instead)."""
+    darts_flags = {k: getattr(args, k) for k in ("width", "layers", "drop_path_prob") if getattr(args, k) is not None}
+    if args.no_auxiliary:
+        darts_flags["auxiliary"] = False
+    if args.arch != "darts" and darts_flags:
+        raise common.UserError(f"--{'/--'.join(k.replace('_', '-') for k in darts_flags)} apply to "
+                               f"--arch darts only; drop them")
+    if (args.weights or args.from_scratch) and args.arch != "inception_resnet_v2":
+        raise common.UserError("--weights and --from-scratch apply to --arch inception_resnet_v2 only; drop them")
+    if args.weights and args.from_scratch:
+        raise common.UserError("--weights gives the initial weights and --from-scratch refuses them; drop one")
+    if args.arch == "darts":
+        return build("darts", num_classes, **darts_flags), {"arch": "darts", "arch_options": darts_flags}
+    options = {"weights": common.absolute(args.weights)} if args.weights else {"pretrained": not args.from_scratch}
+    resumed = args.resume and Path(args.save).is_file()
+    return build(args.arch, num_classes, **({} if resumed else options)), {"arch": args.arch, "arch_options": options}
+
+
 def _train_hint(dataset):
     arch = PAPER_TEACHER.get(dataset, "darts")
     return (f"train a teacher with "

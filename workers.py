@@ -111,7 +111,7 @@ class _Worker:
 
 class Executor(cf.Executor):
     """What the local Pool and ray_workers.RayPool share: a queue of tasks, `n` students at once on
-    each worker of `slots` [(device, n)], a worker started when first needed and again after it died.
+    each worker of `slots` [(device, n)], a worker that died started again when a task needs its slot.
     Subclasses start(worker) and send(worker, task, fn, args, kwargs), and report back through
     answered() and lost()."""
 
@@ -204,6 +204,8 @@ class Pool(Executor):
         self.threads = max(1, (os.cpu_count() or 1) // cpu) if cpu else 0  # torch threads per CPU student
         self.context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked workers
         self.pipes = {}  # process -> its pipe
+        for worker in self.workers:  # all now: their starts (seconds each) overlap the teacher's check
+            self.start(worker)
 
     def start(self, worker):
         parent, child = self.context.Pipe()

@@ -413,7 +413,7 @@ class Sizes:
         self.search_args = (["--gpus", "1", "--workers-per-gpu", "4", "--val-size", "48000", "--min-budget", "1",
                              "--max-budget", "2"] if not smoke else
                             ["--gpus", "0", "--workers", "1", "--max-params", "120000", "--batch-size", "64",
-                             "--min-budget", "1", "--max-budget", "1"])
+                             "--min-budget", "1", "--max-budget", "1", "--study", "0"])
 
 
 def main(argv=None):

@@ -76,7 +76,7 @@ def main(argv=None):
             "--epochs", "1", "--no-auxiliary", "--save", teacher)
     search = ["--dataset", "digits", "--teacher", teacher, "--min-budget", args.min_budget, "--max-budget",
               args.max_budget, "--iterations", args.iterations, "--max-params", "120000", "--gpus", "0",
-              "--workers", "2", "--seed", "0"]
+              "--workers", "2", "--seed", "0", "--study", "0"]
     times = {"local": [], "ray": []}
     for _ in range(args.repeats):
         for name, extra in (("local", []), ("ray", ["--ray", args.ray])):

@@ -21,9 +21,9 @@ from test_pipeline import kill_after_first_result, read_log  # noqa: E402
 from test_ray import readme_block  # noqa: E402
 
 ADDRESS = "127.0.0.1:6379"
-# one budget of 1 epoch, --no-kd: each Hyperband iteration is a single training (as in test_pipeline)
+# one budget of 1 epoch, --no-kd, no study: each Hyperband iteration is a single training (as in test_pipeline)
 ONE = ["--dataset", "digits", "--min-budget", "1", "--max-budget", "1", "--max-params", "120000", "--gpus", "0",
-       "--no-kd"]
+       "--no-kd", "--study", "0"]
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -30,7 +30,7 @@ MAIN = {"search": search.main, "train": train.main, "retrain": retrain.main, "ge
 THETA = {"top_nodes": 3, "top_k": 2, "top_p": 0.5, "mid_nodes": 3, "mid_p": 0.5, "bottom_nodes": 3,
          "bottom_k": 2, "bottom_p": 0.5}
 ONE = ["--dataset", "digits", "--min-budget", "1", "--max-budget", "1", "--max-params", "120000", "--gpus", "0",
-       "--no-kd", "--workers", "1"]
+       "--no-kd", "--study", "0", "--workers", "1"]  # one training per Hyperband iteration, no study
 
 
 def snapshot(folder):

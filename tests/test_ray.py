@@ -124,7 +124,7 @@ def test_the_readme_slurm_script_runs_a_search(tmp_path):
     out = tmp_path / "search"
     r = private_network(["env", "SLURM_JOB_NODELIST=node[0-1]", "SLURM_JOB_NUM_NODES=2", "bash", script,
                          "--dataset", "digits", "--no-kd", "--min-budget", "1", "--max-budget", "1", "--iterations",
-                         "2", "--max-params", "120000", "--workers", "2", "--out", out], tmp_path, timeout=300)
+                         "2", "--max-params", "120000", "--study", "0", "--workers", "2", "--out", out], tmp_path, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert len(records) == 2 and all(rec["error"] is None for rec in records)

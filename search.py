@@ -60,9 +60,9 @@ SEARCH_PRESETS = {
     # The offline quick start, sized for a 2-core CPU (README, "Quick start"): one Hyperband iteration
     # of 4 @ 1 -> 2 @ 2 -> 1 @ 4 epochs, 3 @ 2 -> 1 @ 4, 3 @ 4, then a study of 10 random
     # configurations at 1, 2 and 4 epochs for Fig. 4. Why these settings:
-    # - batches of 16 (69 steps an epoch on the 1,097 training images): a NAGO student needs about a
-    #   hundred SGD steps before it leaves chance, and 35 steps of batch 32 left many 1-epoch students
-    #   there (not their BatchNorm statistics: scored with batch statistics they were at chance too);
+    # - batches of 16 (69 steps an epoch on the 1,097 training images): 35 steps of batch 32 left many
+    #   1-epoch students at chance (not their BatchNorm statistics: scored with batch statistics they
+    #   were at chance too), and 69 take most of them off it (README, "Quick start");
     # - at most 5 nodes per level (27-125 units, not 27-1,000): on a CPU a step costs about the
     #   same per unit whatever the width, and the full box's students cost 3x more per step;
     # - 0.1 M parameters: students far weaker than the teacher, so that it has something to teach.

@@ -38,7 +38,8 @@ COURSE_SEARCH = ["--dataset", "cifar10", "--min-budget", "1", "--max-budget", "4
 COURSE_RETRAIN = ["--k", "4", "--runs", "1", "--epochs", "10", "--gpus", "1"]
 # --smoke: the quick start's commands at budgets of 1 and 2 epochs, 3 configurations studied, tiny
 # students, 2 students retrained for 1 epoch
-SMOKE_SEARCH = ["--min-budget", "1", "--max-budget", "2", "--study", "3", "--max-params", "60000", "--max-nodes", "4"]
+SMOKE_SEARCH = ["--min-budget", "1", "--max-budget", "2", "--study", "3", "--max-params", "60000", "--max-nodes", "4",
+                "--batch-size", "64"]
 SMOKE_RETRAIN = ["--k", "2", "--epochs", "1"]
 
 

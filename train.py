@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -37,23 +37,35 @@ from step import DEVICE_RNG, SGD, KDStep, learning_rate, precision, set_lr
 TAU, ALPHA = 4.0, 0.9  # the usual KD setting (paper Sec. 3.1) when no searched value is given
 
 
+def knob(default, kind, text):
+    """A Protocol field with its command-line flag: kind parses it (a tuple: the choices), text is
+    its help; add_protocol_flags makes the flags."""
+    return field(default=default, metadata={"kind": kind, "help": text})
+
+
 @dataclass(frozen=True)
 class Protocol:
     """How a network is trained. The defaults are DARTS's (Liu et al. 2019), which the paper's
     retraining and teachers follow; search.SEARCH_PROTOCOL holds the search phase's (Ru et al. 2020)."""
-    epochs: int = 600            # final training; the search's budgets set it to 30 / 60 / 120
-    batch_size: int = 96
-    lr: float = 0.025            # peak SGD learning rate at batch 96 (scaled linearly), cosine to 0
-    momentum: float = 0.9        # Nesterov off
-    weight_decay: float = 3e-4
-    grad_clip: float = 5.0       # maximum global gradient norm
-    aux_weight: float = 0.4      # an auxiliary head's cross-entropy (the DARTS teacher has one)
-    cutout: int = None           # px; None: the data set's in final runs (16 for CIFAR), 0 in search
-    eval_every: int = 1          # score every N epochs, and after the last
-    bn_batches: int = 20         # training batches that re-estimate BatchNorm statistics before a score
-    amp: str = "auto"            # bf16 autocast on CUDA (fp16 + GradScaler without bf16); off on CPU
-    channels_last: str = "auto"  # auto: on for CUDA
-    capture: str = "auto"        # auto: the training step as one CUDA graph on CUDA; off: eager
+    epochs: int = knob(600, common.positive_int, "training epochs (final training; search budgets: 30/60/120)")
+    batch_size: int = knob(96, common.positive_int, "batch size")
+    lr: float = knob(0.025, common.positive_float, "peak SGD learning rate at batch 96, scaled linearly with "
+                                                   "--batch-size, cosine to 0")
+    momentum: float = knob(0.9, common.nonnegative_float, "SGD momentum (Nesterov off)")
+    weight_decay: float = knob(3e-4, common.nonnegative_float, "weight decay")
+    grad_clip: float = knob(5.0, common.positive_float, "maximum global gradient norm")
+    aux_weight: float = knob(0.4, common.nonnegative_float, "weight of an auxiliary head's cross-entropy, for "
+                                                            "models that have one (the DARTS teacher)")
+    cutout: int = knob(None, common.nonnegative_int, "cutout side in px (default: the data set's in final runs, "
+                                                     "16 for CIFAR; 0 in search)")
+    eval_every: int = knob(1, common.positive_int, "score every N epochs and after the last")
+    bn_batches: int = knob(20, common.nonnegative_int, "training batches that re-estimate BatchNorm statistics "
+                                                       "before each score (0: off)")
+    amp: str = knob("auto", ("auto", "bf16", "fp16", "off"), "mixed precision; auto: bf16 autocast on CUDA (fp16 "
+                                                            "with a GradScaler without bf16), off on the CPU")
+    channels_last: str = knob("auto", ("auto", "on", "off"), "channels_last memory format; auto: on for CUDA")
+    capture: str = knob("auto", ("auto", "off"), "auto: record the training step once as a CUDA graph and replay "
+                                                 "it (CUDA only); off: eager")
 
     def replace(self, **changes):
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -369,31 +381,13 @@ def build_model(args, data):
     return generator.build(arch), {"arch": "nago", "arch_options": {"arch": arch}}, config
 
 
-# The protocol's flags: one parser per setting, the defaults Protocol's (search.py and retrain.py
-# take some of them too). A tuple is a choice.
-PROTOCOL_FLAGS = {
-    "epochs": (common.positive_int, "training epochs (search budgets: 30/60/120)"),
-    "batch_size": (common.positive_int, "batch size"),
-    "lr": (common.positive_float, "peak learning rate at batch 96, scaled linearly with --batch-size, cosine to 0"),
-    "momentum": (common.nonnegative_float, "SGD momentum"),
-    "weight_decay": (common.nonnegative_float, "weight decay"),
-    "grad_clip": (common.positive_float, "max gradient norm"),
-    "aux_weight": (common.nonnegative_float, "weight of an auxiliary head's loss, for models that have one"),
-    "cutout": (common.nonnegative_int, "cutout side in px (default: 16 for CIFAR with --split final, else 0)"),
-    "eval_every": (common.positive_int, "score every N epochs and at the end"),
-    "bn_batches": (common.nonnegative_int, "training batches that re-estimate BatchNorm statistics before "
-                                           "each score (0: off)"),
-    "amp": (("auto", "bf16", "fp16", "off"), "mixed precision; auto: bf16 on CUDA if supported, else fp16; off on CPU"),
-    "channels_last": (("auto", "on", "off"), "channels_last memory format; auto: on for CUDA"),
-    "capture": (("auto", "off"), "auto: record the training step once as a CUDA graph and replay it (CUDA only)"),
-}
-
-
-def add_protocol_flags(p, names=tuple(PROTOCOL_FLAGS)):
-    for name in names:
-        kind, text = PROTOCOL_FLAGS[name]
-        options = {"choices": kind} if isinstance(kind, tuple) else {"type": kind}
-        p.add_argument("--" + name.replace("_", "-"), default=getattr(Protocol, name), help=text, **options)
+def add_protocol_flags(p, names=None):
+    """Protocol's flags (all, or `names`), their defaults Protocol's; search.py and retrain.py take some."""
+    for f in dataclasses.fields(Protocol):
+        if names is None or f.name in names:
+            kind, text = f.metadata["kind"], f.metadata["help"]
+            options = {"choices": kind} if isinstance(kind, tuple) else {"type": kind}
+            p.add_argument("--" + f.name.replace("_", "-"), default=f.default, help=text, **options)
 
 
 def parser():
@@ -451,7 +445,7 @@ def main(argv=None):
             raise common.UserError(f"KD weight alpha = {alpha} needs --teacher (or pass --alpha 0)")
         teacher = teachers.load(args.teacher, args.dataset, data.num_classes, args.device)
     config.update(teacher=args.teacher, data_dir=args.data_dir, val_size=args.val_size)
-    protocol = Protocol(**{name: getattr(args, name) for name in PROTOCOL_FLAGS})
+    protocol = Protocol(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Protocol)})
     result = fit(model, data, protocol, teacher, tau, alpha, device=args.device, seed=args.seed,
                  save=args.save, resume=args.resume, stop_after=args.stop_after, config=config,
                  workers=args.workers)

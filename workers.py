@@ -201,7 +201,9 @@ class Pool(Executor):
         super().__init__(slots)
         self.init, self.initargs = init, initargs
         cpu = sum(n for device, n in slots if device == "cpu")
-        self.threads = max(1, (os.cpu_count() or 1) // cpu) if cpu else 0  # torch threads per CPU student
+        # torch threads per CPU student: the cores shared out, or OMP_NUM_THREADS where the user set it
+        cores = int(os.environ.get("OMP_NUM_THREADS") or 0) * cpu or os.cpu_count() or 1
+        self.threads = max(1, cores // cpu) if cpu else 0
         self.context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked workers
         self.pipes = {}  # process -> its pipe
         for worker in self.workers:  # all now: their starts (seconds each) overlap the teacher's check

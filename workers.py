@@ -201,9 +201,8 @@ class Pool(Executor):
         super().__init__(slots)
         self.init, self.initargs = init, initargs
         cpu = sum(n for device, n in slots if device == "cpu")
-        # torch threads per CPU student: the cores shared out, or OMP_NUM_THREADS where the user set it
-        cores = int(os.environ.get("OMP_NUM_THREADS") or 0) * cpu or os.cpu_count() or 1
-        self.threads = max(1, cores // cpu) if cpu else 0
+        # torch threads per CPU student: OMP_NUM_THREADS where the user set it, else the cores shared out
+        self.threads = (omp_threads() or max(1, (os.cpu_count() or 1) // cpu)) if cpu else 0
         self.context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked workers
         self.pipes = {}  # process -> its pipe
         for worker in self.workers:  # all now: their starts (seconds each) overlap the teacher's check
@@ -244,6 +243,12 @@ class Pool(Executor):
                 pass
         for process in live:
             process.join()
+
+
+def omp_threads():
+    """OMP_NUM_THREADS's outer level ("4", or "4,2" for nested pools) as a positive int, else None."""
+    first = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(first) if first.isdigit() and int(first) > 0 else None
 
 
 def settle(outcomes):

@@ -37,7 +37,7 @@ import numpy as np
 from scipy.special import logsumexp
 from scipy.stats import truncnorm
 
-import common
+from machinery import cli, files
 
 
 # ------------------------------------------------------------------------------------------------
@@ -97,7 +97,7 @@ def bracket_plan(min_budget, max_budget, eta):
     floors instead ((s_max + 1) // (s + 1) * eta^s), e.g. 2 @ 60 rather than 3 @ 60 for eta = 2, 30 -> 120.
     """
     if not (isinstance(eta, int) and eta >= 2 and 0 < min_budget <= max_budget):
-        raise common.UserError(f"need an integer eta >= 2 and 0 < min_budget <= max_budget, got eta={eta}, "
+        raise cli.UserError(f"need an integer eta >= 2 and 0 < min_budget <= max_budget, got eta={eta}, "
                          f"budgets {min_budget} -> {max_budget}.")
     s_max = 0  # counted with integer powers: log(243) / log(3) is 4.999... in floating point
     while min_budget * eta ** (s_max + 1) <= max_budget * (1 + 1e-9):
@@ -297,11 +297,11 @@ class BOHB:
         logged. With an existing log_path the search resumes: logged jobs are told, not run again, and
         with one worker the resumed search is the uninterrupted one. A failed future is logged as a
         failure; a pool that refuses new work (a broken process pool) stops the run: run it again."""
-        records, whole = common.read_jsonl(log_path) if log_path else ([], 0)
+        records, whole = files.read_jsonl(log_path) if log_path else ([], 0)
         logged = {job_key(r): r for r in records}
         n_workers = n_workers or getattr(executor, "_max_workers", 1)  # both stdlib pools set it
         running = {}  # future -> job, in submission order
-        log = common.open_log(log_path, whole) if log_path else None  # after the last whole line
+        log = files.open_log(log_path, whole) if log_path else None  # after the last whole line
         try:
             while True:
                 refusal = None  # set when the pool takes no more work (a broken process pool)
@@ -327,7 +327,7 @@ class BOHB:
                     record = future.result() if error is None else make_record(
                         job, None, None, "".join(traceback.format_exception(error)), {})
                     if log:
-                        common.append_jsonl(log, record, default=to_json)
+                        files.append_jsonl(log, record, default=to_json)
                     self.tell(record)
                     if on_result:
                         on_result(record)
@@ -441,22 +441,22 @@ def demo(args):
         print(f"    {name:14s} {np.median(values):.5f}")
 
 
-@common.cli
+@cli.cli
 def main(argv=None):
-    parser = common.Parser(description=__doc__.split("\n\n")[0])
+    parser = cli.Parser(description=__doc__.split("\n\n")[0])
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--demo", action="store_true", help="run BOHB on a toy multi-fidelity Branin")
     action.add_argument("--plan", action="store_true", help="print the brackets of one Hyperband iteration")
-    parser.add_argument("--min-budget", type=common.positive_float, default=30,
+    parser.add_argument("--min-budget", type=cli.positive_float, default=30,
                         help="smallest budget (paper: 30 epochs)")
-    parser.add_argument("--max-budget", type=common.positive_float, default=120,
+    parser.add_argument("--max-budget", type=cli.positive_float, default=120,
                         help="largest budget (paper: 120 epochs)")
     parser.add_argument("--eta", type=eta, default=2, help="successive-halving rate (paper: 2)")
-    parser.add_argument("--iterations", type=common.positive_int, default=21,
+    parser.add_argument("--iterations", type=cli.positive_int, default=21,
                         help="demo: Hyperband iterations to run (paper: about 21, ~300 trainings)")
-    parser.add_argument("--workers", type=common.positive_int, default=4, help="demo: evaluations in flight")
+    parser.add_argument("--workers", type=cli.positive_int, default=4, help="demo: evaluations in flight")
     parser.add_argument("--seed", type=int, default=0, help="demo: seed of the optimiser")
-    parser.add_argument("--seconds-per-budget", type=common.nonnegative_float, default=1e-3,
+    parser.add_argument("--seconds-per-budget", type=cli.nonnegative_float, default=1e-3,
                         help="demo: sleep this long per unit of budget, to imitate training time")
     args = parser.parse_args(argv)
     plan = bracket_plan(args.min_budget, args.max_budget, args.eta)
@@ -468,7 +468,7 @@ def main(argv=None):
 
 def eta(text):
     """--eta: successive halving keeps the best 1/eta, an integer >= 2."""
-    value = common.positive_int(text)
+    value = cli.positive_int(text)
     if value < 2:
         raise argparse.ArgumentTypeError(f"must be an integer >= 2 (the best 1/eta go on), not {text}")
     return value

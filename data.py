@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
-import common
+from machinery import cli, files
 
 REPO = Path(__file__).resolve().parent
 HOLDOUT_SEED = 0   # one fixed hold-out, so every candidate of a search is scored on the same images
@@ -111,6 +111,15 @@ class Data:
     def eval(self):
         """The split a run is scored on: the hold-out when searching, the test set when final."""
         return self.val if self.split == "search" else self.test
+
+    def materialise(self):
+        """Make now the tensors that batches() would make on first use (the padded views, the
+        normalisation constants): students on several CUDA streams then share finished tensors."""
+        if isinstance(self.train, TensorSplit):
+            self.train.views(self.preset.pad, self.preset.flip)
+            stats_on(self.preset, self.device)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
 
     def generator(self, seed):
         """The random stream of augmentation and shuffling, on the device the batches are made on."""
@@ -185,10 +194,10 @@ def digits_arrays(path, part):
     try:
         rows = torch.from_numpy(np.loadtxt(path, delimiter=",", dtype=np.int64, ndmin=2))  # (1797, 65)
     except (ValueError, EOFError, OSError) as e:  # gzip and parsing errors alike
-        raise common.UserError(f"{path} is not the UCI digits table ({type(e).__name__}); restore it "
+        raise cli.UserError(f"{path} is not the UCI digits table ({type(e).__name__}); restore it "
                                f"from the repository (git checkout data/digits.csv.gz)") from None
     if rows.shape[1] != 65 or len(rows) <= DIGITS_TEST or not ((rows >= 0) & (rows <= 16)).all():
-        raise common.UserError(f"{path} is not the UCI digits table (65 integer columns of 0..16); "
+        raise cli.UserError(f"{path} is not the UCI digits table (65 integer columns of 0..16); "
                                f"restore it from the repository (git checkout data/digits.csv.gz)")
     perm = torch.from_numpy(np.random.default_rng(0).permutation(len(rows)))
     idx = (perm[DIGITS_TEST:] if part == "train" else perm[:DIGITS_TEST]).sort().values
@@ -239,7 +248,7 @@ def image_folder_arrays(root, part, image_size, cache_dir):
             return torch.from_numpy(z["x"]), torch.from_numpy(z["y"])
     x = decode_images([f for f, _ in items], image_size)                # (N, 3, S, S)
     y = np.array([c for _, c in items], dtype=np.int64)                # (N,)
-    common.write_atomic(cache, lambda f: np.savez(f, x=x, y=y))
+    files.write_atomic(cache, lambda f: np.savez(f, x=x, y=y))
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
@@ -397,9 +406,9 @@ def large_image_set(name, root, part, download, cache_dir):
     return folder
 
 
-@common.cli
+@cli.cli
 def main(argv=None):
-    p = common.Parser(description="Load a data set once (warming the image-folder cache) "
+    p = cli.Parser(description="Load a data set once (warming the image-folder cache) "
                                             "and print its splits.")
     p.add_argument("--dataset", default="digits", choices=DATASETS, help="data set name")
     p.add_argument("--data-dir", default=None, help="data folder (default: data/<dataset>, or data/ "

@@ -39,7 +39,7 @@ import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-import common
+from machinery import cli, files
 
 # The eight searched hyperparameters, (type, low, high), ranges of NAGO's released configuration.
 # bohb.py reads this; search.py joins it with kd_loss.SPACE.
@@ -66,7 +66,7 @@ def default_max_params(image_size):
 def check_theta(theta):
     """θ with integers as int and floats as float; one clear UserError for anything else (a best.json's
     τ and α are not θ: train.check_config checks the whole configuration)."""
-    return common.check_config(theta, SPACE)
+    return cli.check_config(theta, SPACE)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -420,7 +420,7 @@ def draw(arch, path):
 def read_theta(text):
     """θ from --theta: inline JSON or a file; a best.json from search.py carries it (with τ and α,
     which the generator does not use) under "config"."""
-    value = common.read_json(text, "--theta")
+    value = files.read_json(text, "--theta")
     value = value.get("config", value) if isinstance(value, dict) else value
     if isinstance(value, dict):
         value = {k: v for k, v in value.items() if k not in ("tau", "alpha")}
@@ -447,34 +447,34 @@ def summary(arch, model, seconds):
     return "\n".join(lines)
 
 
-@common.cli
+@cli.cli
 def main(argv=None):
-    parser = common.Parser(description=__doc__.split("\n")[0])
+    parser = cli.Parser(description=__doc__.split("\n")[0])
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--theta", help="θ as inline JSON or a JSON file (a best.json from search.py works too)")
     source.add_argument("--arch", help="an architecture JSON written by --save, to summarise or draw again")
     parser.add_argument("--seed", type=int, default=0, help="architecture seed: (θ, seed) fixes the network")
-    parser.add_argument("--image-size", type=common.positive_int, default=32,
+    parser.add_argument("--image-size", type=cli.positive_int, default=32,
                         help="input resolution (32 for CIFAR, 224 for MIT67)")
-    parser.add_argument("--num-classes", type=common.positive_int, default=10, help="classes of the data set")
-    parser.add_argument("--max-params", type=common.positive_int, default=None,
+    parser.add_argument("--num-classes", type=cli.positive_int, default=10, help="classes of the data set")
+    parser.add_argument("--max-params", type=cli.positive_int, default=None,
                         help="parameter limit (default: 4.0e6 below 40 px, 6.0e6 above, paper Sec. 4)")
     parser.add_argument("--save", help="write the architecture data to this JSON file")
     parser.add_argument("--draw", help="draw the three graph levels to this image file (needs matplotlib)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     if args.arch:
-        arch = common.read_json(args.arch, "--arch")
+        arch = files.read_json(args.arch, "--arch")
         if not isinstance(arch, dict) or not {"top", "cells", "width"} <= set(arch):
-            raise common.UserError(f"{args.arch} is not an architecture file written by generator.py --save.")
+            raise cli.UserError(f"{args.arch} is not an architecture file written by generator.py --save.")
     else:
         if args.image_size < 8 or args.num_classes < 2:
-            raise common.UserError("--image-size must be at least 8 and --num-classes at least 2.")
+            raise cli.UserError("--image-size must be at least 8 and --num-classes at least 2.")
         arch = sample(read_theta(args.theta), args.seed, args.image_size, args.num_classes, args.max_params)
     model = build(arch)
     print(summary(arch, model, time.perf_counter() - start))
     if args.save:
-        common.write_json(args.save, arch)
+        files.write_json(args.save, arch)
         print(f"saved   {args.save}")
     if args.draw:
         draw(arch, args.draw)

@@ -12,17 +12,19 @@ the KD hyperparameters jointly with the architecture family (paper Sec. 4).
 import torch
 import torch.nn.functional as F
 
-import common
+from machinery import cli
 
 # Searched ranges (paper Sec. 4: "the temperature ranges from 1 to 10, the weight from 0 to 1").
 SPACE = {"tau": (float, 1.0, 10.0), "alpha": (float, 0.0, 1.0)}
 
 
-def check_kd_params(tau, alpha):
+def check_kd_params(tau, alpha, teacher_given=True):
     """Refuse a temperature or weight that is not a number in the paper's ranges (a boolean or a
-    string is not a number), with one clear sentence."""
+    string is not a number), or a KD weight above 0 without a teacher, with one clear sentence."""
     for name, value in (("tau", tau), ("alpha", alpha)):
-        common.check_value(name, value, *SPACE[name], what="KD")
+        cli.check_value(name, value, *SPACE[name], what="KD")
+    if alpha > 0 and not teacher_given:
+        raise cli.UserError(f"KD weight alpha = {alpha} needs --teacher (a teacher to distil from), or set alpha = 0 (--alpha 0)")
 
 
 def kd_loss(student_logits, teacher_logits, targets, tau, alpha):

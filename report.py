@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-import common
+from machinery import cli, files
 
 
 RECORD_KEYS = ("iteration", "bracket", "rung", "index", "budget", "loss", "info", "started", "finished")
@@ -43,11 +43,11 @@ MIN_PAIRS = 3  # Spearman's ρ over fewer configurations says nothing
 def read_records(path):
     """The records of a results.jsonl or study.jsonl, each checked. Only reads: a line cut short by a
     running search is left alone."""
-    records, _ = common.read_jsonl(path)
+    records, _ = files.read_jsonl(path)
     for number, r in enumerate(records, 1):
         missing = [k for k in RECORD_KEYS if not isinstance(r, dict) or k not in r]
         if missing or (r["loss"] is not None and "accuracy" not in r["info"]):
-            raise common.UserError(f"{path} line {number} is not a search result (missing "
+            raise cli.UserError(f"{path} line {number} is not a search result (missing "
                                    f"{', '.join(missing) or 'info.accuracy'}); give a folder written by search.py.")
     return records
 
@@ -56,15 +56,15 @@ def load_search(folder):
     """(the search's evaluations, its study's evaluations, its label) of a search folder."""
     path = Path(folder) / "results.jsonl"
     if not path.is_file():
-        raise common.UserError(f"{folder} has no results.jsonl; give a folder written by search.py.")
+        raise cli.UserError(f"{folder} has no results.jsonl; give a folder written by search.py.")
     saved = Path(folder) / "search.json"
-    settings = common.read_json(str(saved), "search.json").get("settings", {}) if saved.is_file() else {}
+    settings = files.read_json(str(saved), "search.json").get("settings", {}) if saved.is_file() else {}
     records = read_records(path)
     study = read_records(Path(folder) / "study.jsonl") if (Path(folder) / "study.jsonl").is_file() else []
     if not records:
-        raise common.UserError(f"{path} holds no finished evaluation yet; report once the search has some.")
+        raise cli.UserError(f"{path} holds no finished evaluation yet; report once the search has some.")
     if all(r["loss"] is None for r in records):
-        raise common.UserError(f"every evaluation in {path} failed ({len(records)}); read their errors there, "
+        raise cli.UserError(f"every evaluation in {path} failed ({len(records)}); read their errors there, "
                                "fix the cause and run the search again.")
     label = "no KD (NAGO)" if settings.get("no_kd") else "KD (AutoKD)"
     return records, study, f"{label}: {Path(folder).name}"
@@ -152,10 +152,10 @@ def group(items, key):
 def load_retrain(folder):
     path = Path(folder) / "summary.json"
     if not path.is_file():
-        raise common.UserError(f"{folder} has no summary.json; give a folder written by retrain.py.")
-    summary = common.read_json(str(path), "summary.json")
+        raise cli.UserError(f"{folder} has no summary.json; give a folder written by retrain.py.")
+    summary = files.read_json(str(path), "summary.json")
     if not isinstance(summary, dict) or not {"students", "mean", "std", "k"} <= set(summary):
-        raise common.UserError(f"{path} is not a retrain.py summary; give a folder written by retrain.py.")
+        raise cli.UserError(f"{path} is not a retrain.py summary; give a folder written by retrain.py.")
     return summary, Path(folder).name
 
 
@@ -291,9 +291,9 @@ def save(fig, path, plt):
     return path
 
 
-@common.cli
+@cli.cli
 def main(argv=None):
-    p = common.Parser(description=__doc__.split("\n\n")[0])
+    p = cli.Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("search", help="a search folder written by search.py")
     p.add_argument("--compare", default=None, help="a second search folder, e.g. the --no-kd one (Figs. 2-4)")
     p.add_argument("--retrain", nargs="*", default=[], help="retrain folders written by retrain.py (Fig. 6, Table 1)")

@@ -21,14 +21,17 @@ import concurrent.futures as cf
 import dataclasses
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-import common
 import generator
 import train
-import workers
+from data import load_data
+from machinery import cli, files, pool
+from machinery.executor import with_worker
+from teachers import lessons
 
 # Retraining per data set: the paper's k = 8 architectures x 5 runs x 600 epochs, and a quick start
 # that fits the offline demo into minutes on a 2-core CPU.
@@ -39,20 +42,22 @@ RETRAIN_PROTOCOL = train.Protocol()  # DARTS's, with cutout for CIFAR (data.PRES
 RESUME_KEYS = ("dataset", "data_dir", "config", "no_kd", "teacher", "epochs", "seed", "max_params", "protocol")
 
 
-def train_student(index, seed, run):
-    """One run of one student of G(θ*), trained to completion in a worker: f_KD(θ*, epochs)."""
-    state, s = workers.STATE, workers.STATE["settings"]
-    protocol = train.Protocol(**s["protocol"], capture=s["capture"])
-    checkpoint = Path(s["out"]) / f"student-{seed}-run{run}.pt"
-    result, _, model = train.f_kd(s["config"], s["epochs"], seed, state["data"], workers.teacher(protocol),
-                                  protocol, device=state["device"], run=run, max_params=s["max_params"],
-                                  save=checkpoint, own_rng=not workers.shares_process(),
-                                  log=lambda line: print(f"student {index} run {run} (seed {seed}): {line}", flush=True))
+def train_student(worker, index, seed, repeat):
+    """One run of one student of G(θ*), trained to completion in a worker: f_KD(θ*, epochs). Run 0
+    trains from the initial weights and data order of `seed`, run r > 0 from others (Table 1
+    averages 5 runs per architecture)."""
+    s = worker.settings
+    checkpoint = Path(s.out) / f"student-{seed}-run{repeat}.pt"
+    options = worker.options(seed=seed if repeat == 0 else generator.derived_seed(seed, repeat), save=str(checkpoint),
+                             resume=True, log=lambda line: print(f"student {index} run {repeat} (seed {seed}): {line}",
+                                                                 flush=True))
+    result, _, model = train.f_kd(s.config, s.epochs, seed, worker.data, worker.source(s.protocol), s.protocol,
+                                  options, {"max_params": s.max_params})
     if result["failed"]:
         raise RuntimeError(result["error"])
-    return {"index": index, "seed": seed, "run": run, "accuracy": result["accuracy"], "wall_s": result["wall_s"],
+    return {"index": index, "seed": seed, "run": repeat, "accuracy": result["accuracy"], "wall_s": result["wall_s"],
             "epochs": result["epochs"], "checkpoint": str(checkpoint),
-            **generator.profile(model, state["data"].image_size, state["device"])}
+            **generator.profile(model, worker.data.image_size, worker.device)}
 
 
 def table(rows, teacher):
@@ -94,114 +99,174 @@ def table(rows, teacher):
 
 def read_best(path):
     """best.json from search.py, checked: one clear sentence when it is not one."""
-    best = common.read_json(path, "--theta")
+    best = files.read_json(path, "--theta")
     if not isinstance(best, dict) or not isinstance(best.get("config"), dict) or "dataset" not in best:
-        raise common.UserError(f"--theta {path} is not a best.json from search.py (it needs 'config' and 'dataset').")
+        raise cli.UserError(f"--theta {path} is not a best.json from search.py (it needs 'config' and 'dataset').")
     train.check_config(best["config"])
     return best
 
 
+@dataclass(frozen=True)
+class Settings:
+    """A retraining's settings, from best.json and the flags, checked (resolve); retrain.json keeps
+    them (to_json) and a resumed retraining must share RESUME_KEYS with them. The workers read the
+    data set, the teacher and the lessons from here (train.Worker)."""
+    dataset: str
+    data_dir: str
+    cache_dir: str
+    config: dict                # θ*, τ*, α*
+    no_kd: bool
+    teacher: str
+    k: int
+    runs: int
+    epochs: int
+    seed: int
+    max_params: int
+    out: str
+    protocol: train.Protocol
+    workers_per_gpu: int
+    slots: list
+    ray: str
+    lessons: str = None
+    lessons_live: str = None
+    lessons_key: dict = None
+    split: str = "final"
+    val_size: int = None
+
+    def to_json(self):
+        """retrain.json's "settings": the protocol without --capture, which may change on resume."""
+        s = dataclasses.asdict(self)
+        s["protocol"] = {k: v for k, v in s["protocol"].items() if k != "capture"}
+        return {**s, "capture": self.protocol.capture}
+
+
 def resolve(args):
-    """The retraining settings from best.json and the flags, every one checked; writes nothing."""
+    """(Settings, best.json) from best.json and the flags, every one checked; writes nothing."""
     best = read_best(args.theta)
     dataset = best["dataset"]
     preset = {**PAPER, **RETRAIN_PRESETS.get(dataset, {})}
     no_kd = args.no_kd or best.get("no_kd", False)
-    teacher = common.absolute(args.teacher or best.get("teacher"))
+    teacher = files.absolute(args.teacher or best.get("teacher"))
     if not no_kd and (teacher is None or not Path(teacher).is_file()):
-        raise common.UserError(f"teacher checkpoint {teacher} not found; give --teacher CKPT (or --no-kd).")
+        raise cli.UserError(f"teacher checkpoint {teacher} not found; give --teacher CKPT (or --no-kd).")
     search = best.get("settings", {})  # the search's data folder and parameter limit
-    protocol = RETRAIN_PROTOCOL.replace(eval_every=args.eval_every)
     out = Path(args.out or Path(args.theta).parent.parent / f"retrain-{dataset}{'-nokd' if no_kd else ''}")
-    return {"dataset": dataset, "data_dir": common.absolute(args.data_dir) or search.get("data_dir"),
-            "cache_dir": search.get("cache_dir"), "split": "final", "val_size": None, "config": best["config"],
-            "no_kd": no_kd, "teacher": None if no_kd else teacher, "k": args.k or preset["k"],
-            "runs": args.runs or preset["runs"], "epochs": args.epochs or preset["epochs"], "seed": args.seed,
-            "max_params": search.get("max_params"), "out": common.absolute(out), "capture": args.capture,
-            "workers_per_gpu": args.workers_per_gpu, "lessons": None,
-            "protocol": {k: v for k, v in dataclasses.asdict(protocol).items() if k != "capture"},
-            "slots": workers.slots(args.gpus, args.workers, args.workers_per_gpu, args.ray), "ray": args.ray}, best
+    return Settings(
+        dataset=dataset, data_dir=files.absolute(args.data_dir) or search.get("data_dir"),
+        cache_dir=search.get("cache_dir"), config=best["config"], no_kd=no_kd, teacher=None if no_kd else teacher,
+        k=args.k or preset["k"], runs=args.runs or preset["runs"], epochs=args.epochs or preset["epochs"],
+        seed=args.seed, max_params=search.get("max_params"), out=files.absolute(out),
+        protocol=RETRAIN_PROTOCOL.replace(eval_every=args.eval_every, capture=args.capture),
+        workers_per_gpu=args.workers_per_gpu, ray=args.ray,
+        slots=pool.slots(args.gpus, args.workers, args.workers_per_gpu, args.ray)), best
 
 
 def run(args):
+    """Alg. 1 line 13: k students of G(θ*), each trained `runs` times for the final epochs with KD
+    (τ*, α*), in the workers; then Table 1's row. Re-run, it resumes from results.jsonl and checkpoints."""
     settings, best = resolve(args)
-    out = Path(settings["out"])
+    out = Path(settings.out)
+    check_folder(settings, out)
+    settings = ready_lessons(settings, out, args.lessons)
+    if not (out / "retrain.json").is_file():
+        files.write_json(out / "retrain.json", {"settings": settings.to_json(), "best": files.absolute(args.theta),
+                                                "versions": files.versions()})
+    rows, whole = files.read_jsonl(out / "results.jsonl")
+    done = {(r["seed"], r["run"]) for r in rows}
+    seeds = [settings.seed + i for i in range(settings.k)]  # k distinct architecture seeds
+    jobs = [(i, seed, repeat) for i, seed in enumerate(seeds) for repeat in range(settings.runs)
+            if (seed, repeat) not in done]
+    print(f"retraining {len(jobs)} of {settings.k} x {settings.runs} students of {json.dumps(best['config'])} "
+          f"for {settings.epochs} epochs {'without' if settings.no_kd else 'with'} KD -> {out}", flush=True)
+    with pool.Lazy(lambda: start_workers(settings, out), sum(n for _, n in settings.slots)) as workers:
+        failures = train_all(workers, jobs, rows, out / "results.jsonl", whole)
+    rows = sorted((r for r in rows if r["seed"] in seeds and r["run"] < settings.runs), key=lambda r: (r["index"], r["run"]))
+    return summarise(settings, best, rows, failures, out)
+
+
+def check_folder(settings, out):
+    """A folder that holds a retraining is resumed only with the settings it was made with."""
     saved = out / "retrain.json"
     if saved.is_file():
-        common.check_resume(common.read_json(str(saved), "retrain.json")["settings"], settings, RESUME_KEYS, out)
-    common.check_writable(saved, "--out")
-    if not settings["no_kd"]:
-        from data import load_data
-        from teachers import lessons
-        data = load_data(settings["dataset"], settings["data_dir"], "final", cache_dir=settings["cache_dir"])
-        cutout = RETRAIN_PROTOCOL.cutout if RETRAIN_PROTOCOL.cutout is not None else data.preset.cutout
-        settings["lessons_live"] = lessons.unusable(data, cutout) if args.lessons == "auto" else "--lessons off"
-        if settings["lessons_live"] is None:
-            settings["lessons"] = str(out / "lessons.pt")
-            settings["lessons_key"] = {"teacher": common.file_digest(settings["teacher"]), "dataset": data.name,
-                                       "split": "final"}
-    if not saved.is_file():
-        common.write_json(saved, {"settings": settings, "best": common.absolute(args.theta), "versions": common.versions()})
+        files.check_resume(files.read_json(str(saved), "retrain.json")["settings"], settings.to_json(), RESUME_KEYS, out)
+    files.check_writable(saved, "--out")
 
-    log = out / "results.jsonl"
-    rows, whole = common.read_jsonl(log)
-    done = {(r["seed"], r["run"]) for r in rows}
-    seeds = [args.seed + i for i in range(settings["k"])]  # k distinct architecture seeds
-    jobs = [(i, seed, run) for i, seed in enumerate(seeds) for run in range(settings["runs"]) if (seed, run) not in done]
-    teacher_row = common.read_json(str(out / "teacher.json"), "teacher.json") if (out / "teacher.json").is_file() else None
-    print(f"retraining {len(jobs)} of {settings['k']} x {settings['runs']} students of {json.dumps(best['config'])} "
-          f"for {settings['epochs']} epochs {'without' if settings['no_kd'] else 'with'} KD -> {out}", flush=True)
+
+def ready_lessons(settings, out, lessons_flag):
+    """The settings with where the teacher's lessons go (out/lessons.pt), or why they are computed live."""
+    if settings.no_kd:
+        return settings
+    data = load_data(settings.dataset, settings.data_dir, "final", cache_dir=settings.cache_dir)
+    cutout = RETRAIN_PROTOCOL.cutout if RETRAIN_PROTOCOL.cutout is not None else data.preset.cutout
+    reason = lessons.why_live(data, cutout) if lessons_flag == "auto" else "--lessons off"
+    if reason is not None:
+        return dataclasses.replace(settings, lessons_live=reason)
+    return dataclasses.replace(settings, lessons=str(out / "lessons.pt"), lessons_key={
+        "teacher": files.file_digest(settings.teacher), "dataset": data.name, "split": "final"})
+
+
+def start_workers(settings, out):
+    """The workers, each with the data and the teacher loaded; the teacher checked once (teacher.json)."""
+    workers = pool.make(settings.slots, settings.ray, train.Worker.load, (settings,))
+    try:
+        if not settings.no_kd:  # before the first student, as the search does
+            files.write_json(out / "teacher.json", train.check_teacher(workers, settings.protocol, settings))
+    except BaseException:
+        workers.shutdown(wait=False, cancel_futures=True)
+        raise
+    return workers
+
+
+def train_all(workers, jobs, rows, log, whole):
+    """Every job trained, each result appended to `log` and to `rows`; returns the failures."""
+    if not jobs:
+        return []
     failures = []
-    if jobs:
-        pool = workers.pool(settings)
-        try:
-            if not settings["no_kd"]:  # before the first student, as the search does
-                teacher_row = workers.check_teacher(pool, train.Protocol(**settings["protocol"], capture=settings["capture"]),
-                                                    settings)
-                common.write_json(out / "teacher.json", teacher_row)
-            with common.open_log(log, whole) as f:
-                futures = {pool.submit(train_student, *job): job for job in jobs}
-                for future in cf.as_completed(futures):
-                    if future.exception() is not None:
-                        failures.append(f"student {futures[future]}: {common.describe(future.exception())}")
-                        print(f"failed: {failures[-1]}", flush=True)
-                        continue
-                    rows.append(future.result())
-                    common.append_jsonl(f, rows[-1])
-                    print(f"student {rows[-1]['index']} run {rows[-1]['run']} (seed {rows[-1]['seed']}): "
-                          f"test accuracy {100 * rows[-1]['accuracy']:.2f} %", flush=True)
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C must not wait for a running training
-    rows = sorted((r for r in rows if r["seed"] in seeds and r["run"] < settings["runs"]),
-                  key=lambda r: (r["index"], r["run"]))
+    with files.open_log(log, whole) as f:
+        futures = {workers.submit(with_worker(train_student), *job): job for job in jobs}
+        for future in cf.as_completed(futures):
+            if future.exception() is not None:
+                failures.append(f"student {futures[future]}: {cli.describe(future.exception())}")
+                print(f"failed: {failures[-1]}", flush=True)
+                continue
+            rows.append(future.result())
+            files.append_jsonl(f, rows[-1])
+            print(f"student {rows[-1]['index']} run {rows[-1]['run']} (seed {rows[-1]['seed']}): "
+                  f"test accuracy {100 * rows[-1]['accuracy']:.2f} %", flush=True)
+    return failures
+
+
+def summarise(settings, best, rows, failures, out):
+    """Table 1's row printed and written (table.txt, summary.json); the failures said last."""
     if not rows:
-        raise common.UserError(f"no student finished: {'; '.join(failures)}")
-    text, stats = table(rows, teacher_row)
+        raise cli.UserError(f"no student finished: {'; '.join(failures)}")
+    teacher = files.read_json(str(out / "teacher.json"), "teacher.json") if (out / "teacher.json").is_file() else None
+    text, stats = table(rows, teacher)
     print(text)
     (out / "table.txt").write_text(text + "\n")
-    common.write_json(out / "summary.json", {**stats, "students": rows, "teacher": teacher_row, "config": best["config"],
-                                             "dataset": settings["dataset"], "no_kd": settings["no_kd"],
-                                             "epochs": settings["epochs"], "settings": settings,
-                                             "versions": common.versions()})
+    files.write_json(out / "summary.json", {**stats, "students": rows, "teacher": teacher, "config": best["config"],
+                                            "dataset": settings.dataset, "no_kd": settings.no_kd,
+                                            "epochs": settings.epochs, "settings": settings.to_json(),
+                                            "versions": files.versions()})
     if failures:
-        raise common.UserError(f"{len(failures)} job(s) failed; re-run the same command to retry them.")
+        raise cli.UserError(f"{len(failures)} job(s) failed; re-run the same command to retry them.")
     return out
 
 
 def parser():
-    p = common.Parser(description=__doc__.split("\n\n")[0])
+    p = cli.Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--theta", required=True, help="best.json written by search.py")
-    p.add_argument("--k", type=common.positive_int, default=None,
+    p.add_argument("--k", type=cli.positive_int, default=None,
                    help="architectures to sample from G(θ*) (default 8; digits 4)")
-    p.add_argument("--runs", type=common.positive_int, default=None,
+    p.add_argument("--runs", type=cli.positive_int, default=None,
                    help="training runs per architecture (default 5, Table 1; digits 1)")
-    p.add_argument("--epochs", type=common.positive_int, default=None, help="training epochs (default 600; digits 15)")
+    p.add_argument("--epochs", type=cli.positive_int, default=None, help="training epochs (default 600; digits 15)")
     p.add_argument("--no-kd", action="store_true", help="train the same architectures with cross-entropy only")
     p.add_argument("--teacher", default=None, help="teacher checkpoint (default: the one of the search)")
     p.add_argument("--data-dir", default=None, help="data folder (default: the search's)")
-    workers.add_flags(p)
+    pool.add_flags(p)
     p.add_argument("--seed", type=int, default=0, help="student i uses architecture seed --seed + i")
-    p.add_argument("--eval-every", type=common.positive_int, default=10,
+    p.add_argument("--eval-every", type=cli.positive_int, default=10,
                    help="score on the test set every N epochs and at the end")
     p.add_argument("--out", default=None, help="output folder (default: retrain-<dataset>[-nokd] beside the search)")
     p.add_argument("--lessons", default="auto", choices=("auto", "off"),
@@ -210,7 +275,7 @@ def parser():
     return p
 
 
-@common.cli
+@cli.cli
 def main(argv=None):
     run(parser().parse_args(argv))
 

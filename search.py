@@ -3,7 +3,7 @@
 Paper Sec. 3.2 and Alg. 1: BOHB (bohb.py) proposes (θ, τ, α) and a budget b of 30, 60 or 120
 epochs; a worker evaluates f_KD(θ, b) (train.f_kd): it samples one student from G(θ), trains it for b
 epochs with the KD loss of Eq. 2 from a fixed teacher and returns its accuracy on a held-out part of
-the training set; BOHB minimises 1 − that accuracy. The workers (workers.py) train several students
+the training set; BOHB minimises 1 − that accuracy. The workers (machinery/pool.py) train several students
 per GPU; this process owns BOHB, the log and best.json.
 
     python search.py --dataset cifar10 --gpus 8 --teacher teacher.pt      # the paper: ~300 students
@@ -36,18 +36,19 @@ import dataclasses
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 import bohb
-import common
 import generator
 import kd_loss
 import teachers
 import train
-import workers
 from data import DATASETS, PRESETS as DATA_PRESETS, load_data
+from machinery import cli, files, pool
+from machinery.executor import with_worker
 from teachers import lessons
 
 # Search settings per data set (paper Sec. 4): budgets in epochs and Hyperband iterations (each trains
@@ -94,79 +95,118 @@ STUDY = 1  # the study's seeds and draws are derived from (--seed, STUDY, ...), 
 # ----------------------------------------------------------------------------------------------------
 # BOHB's objective, run in a worker
 
-def objective(config, budget, job):
+def objective(worker, config, budget, job):
     """f_KD(θ, b) in a worker (train.f_kd), as BOHB's loss 1 − hold-out accuracy.
 
     Interpretation: the architecture seed is derived from the search seed and the configuration's
     place in the Hyperband plan, so one configuration keeps the same network on every rung it is
     promoted to (the budgets then compare training lengths, not samples; paper Fig. 4), and two
     configurations never share a seed."""
-    state, s = workers.STATE, workers.STATE["settings"]
-    protocol = train.Protocol(**s["protocol"], capture=s["capture"])
-    seed = job["arch_seed"] if "arch_seed" in job else generator.derived_seed(s["seed"], job["iteration"],
+    s = worker.settings
+    seed = job["arch_seed"] if "arch_seed" in job else generator.derived_seed(s.seed, job["iteration"],
                                                                               job["bracket"], job["index"])
-    result, arch, _ = train.f_kd(config, budget, seed, state["data"], workers.teacher(protocol), protocol,
-                                 device=state["device"], max_params=s["max_params"],
-                                 own_rng=not workers.shares_process())
+    result, arch, _ = train.f_kd(config, budget, seed, worker.data, worker.source(s.protocol), s.protocol,
+                                 worker.options(seed=seed), {"max_params": s.max_params})
     if result["failed"]:
         raise RuntimeError(result["error"])
     return {"loss": 1.0 - result["accuracy"], "accuracy": result["accuracy"], "arch_seed": seed,
             "params": arch["params"], "width": arch["width"], "wall_s": result["wall_s"],
-            "images": result["epochs"] * len(state["data"].train), "images_per_s": result["images_per_s"],
+            "images": result["epochs"] * len(worker.data.train), "images_per_s": result["images_per_s"],
             "lessons": result["config"]["lessons"], "capture": result["config"]["capture"],
-            "worker": state["device"]}
+            "worker": worker.device}
 
 
 # ----------------------------------------------------------------------------------------------------
 # Settings: every flag checked before anything is written
 
+@dataclass(frozen=True)
+class Settings:
+    """A search's settings, resolved from the data set's preset and the flags and checked (resolve).
+    search.json keeps them (to_json); a resumed search must share RESUME_KEYS with them. The workers
+    read the data set, the teacher and the lessons from here (train.Worker)."""
+    dataset: str
+    data_dir: str
+    cache_dir: str
+    no_kd: bool
+    eta: int
+    seed: int
+    val_size: int
+    min_budget: float
+    max_budget: float
+    iterations: int
+    max_nodes: int
+    study: int
+    protocol: train.Protocol
+    workers_per_gpu: int
+    max_params: int
+    teacher: str
+    slots: list
+    ray: str
+    lessons: str = None         # the lessons file, or None: computed live (lessons_live says why)
+    lessons_live: str = None
+    lessons_key: dict = None    # what the lessons are computed from
+    split: str = "search"
+
+    def to_json(self):
+        """search.json's "settings": the protocol without --capture, which may change on resume."""
+        s = dataclasses.asdict(self)
+        s["protocol"] = {k: v for k, v in s["protocol"].items() if k != "capture"}
+        return {**s, "capture": self.protocol.capture}
+
+
 def resolve(args):
-    """The search settings: the data set's preset, overridden by the flags given, every one checked."""
+    """(Settings, output folder): the data set's preset, overridden by the flags given, every one checked."""
     preset = SEARCH_PRESETS[args.dataset]
-    image_size, num_classes = DATA_PRESETS[args.dataset].image_size, DATA_PRESETS[args.dataset].num_classes
     pick = {key: getattr(args, key) if getattr(args, key) is not None else preset.get(key, default)
             for key, default in (("min_budget", None), ("max_budget", None), ("iterations", None),
                                  ("batch_size", SEARCH_PROTOCOL.batch_size), ("lr", SEARCH_PROTOCOL.lr),
                                  ("max_nodes", MAX_NODES), ("study", 0))}
-    protocol = SEARCH_PROTOCOL.replace(batch_size=pick["batch_size"], lr=pick["lr"],
-                                       eval_every=int(round(pick["max_budget"])))
-    s = {"dataset": args.dataset, "data_dir": common.absolute(args.data_dir), "cache_dir": args.cache_dir,
-         "split": "search", "no_kd": args.no_kd, "eta": args.eta, "seed": args.seed, "val_size": args.val_size,
-         "min_budget": pick["min_budget"], "max_budget": pick["max_budget"], "iterations": pick["iterations"],
-         "max_nodes": pick["max_nodes"], "study": pick["study"],
-         "protocol": {k: v for k, v in dataclasses.asdict(protocol).items() if k != "capture"},
-         "capture": args.capture, "workers_per_gpu": args.workers_per_gpu,
-         "max_params": int(args.max_params or preset.get("max_params") or generator.default_max_params(image_size)),
-         "teacher": None if args.no_kd else common.absolute(args.teacher), "lessons": None}
-    if s["min_budget"] > s["max_budget"]:
-        raise common.UserError(f"--min-budget {s['min_budget']:g} is larger than --max-budget {s['max_budget']:g}.")
-    if int(round(s["min_budget"])) < 1:
-        raise common.UserError(f"--min-budget {s['min_budget']:g} rounds to 0 epochs; give at least 1.")
-    bohb.bracket_plan(s["min_budget"], s["max_budget"], s["eta"])
-    if not 3 < s["max_nodes"] <= MAX_NODES:
-        raise common.UserError(f"--max-nodes {s['max_nodes']} is outside NAGO's node range; give 4 to {MAX_NODES}.")
+    out = Path(args.out or f"runs/search-{args.dataset}{'-nokd' if args.no_kd else ''}")
+    teacher = None if args.no_kd else args.teacher or (out / "teacher.pt" if args.dataset == "digits" else None)
+    image_size = DATA_PRESETS[args.dataset].image_size
+    s = Settings(
+        dataset=args.dataset, data_dir=files.absolute(args.data_dir), cache_dir=args.cache_dir, no_kd=args.no_kd,
+        eta=args.eta, seed=args.seed, val_size=args.val_size, min_budget=pick["min_budget"],
+        max_budget=pick["max_budget"], iterations=pick["iterations"], max_nodes=pick["max_nodes"], study=pick["study"],
+        protocol=SEARCH_PROTOCOL.replace(batch_size=pick["batch_size"], lr=pick["lr"], capture=args.capture,
+                                         eval_every=int(round(pick["max_budget"]))),
+        workers_per_gpu=args.workers_per_gpu, teacher=files.absolute(teacher),
+        max_params=int(args.max_params or preset.get("max_params") or generator.default_max_params(image_size)),
+        slots=pool.slots(args.gpus, args.workers, args.workers_per_gpu, args.ray), ray=args.ray)
+    check(s, args)
+    return s, out
+
+
+def check(s, args):
+    """Refuse settings that cannot run, each in one sentence naming the flag."""
+    if s.min_budget > s.max_budget:
+        raise cli.UserError(f"--min-budget {s.min_budget:g} is larger than --max-budget {s.max_budget:g}.")
+    if int(round(s.min_budget)) < 1:
+        raise cli.UserError(f"--min-budget {s.min_budget:g} rounds to 0 epochs; give at least 1.")
+    bohb.bracket_plan(s.min_budget, s.max_budget, s.eta)
+    if not 3 < s.max_nodes <= MAX_NODES:
+        raise cli.UserError(f"--max-nodes {s.max_nodes} is outside NAGO's node range; give 4 to {MAX_NODES}.")
     largest = {name: high for name, (_, _, high) in box(s).items() if name in generator.SPACE}
+    preset = DATA_PRESETS[s.dataset]
     try:  # every θ of the box must fit the limit at width 1, or part of the space could never be trained
-        generator.sample(largest, 0, image_size, num_classes, s["max_params"])
+        generator.sample(largest, 0, preset.image_size, preset.num_classes, max_params=s.max_params)
     except ValueError as e:
-        raise common.UserError(f"the largest θ of the space does not fit --max-params: {e}") from None
-    if not args.no_kd and args.teacher is None and args.dataset != "digits":
-        arch = teachers.PAPER_TEACHER.get(args.dataset, "darts")
-        raise common.UserError(f"a KD search needs --teacher CKPT: train one with `python train.py --arch {arch} "
-                               f"--dataset {args.dataset} --split final --save teacher.pt` (or pass --no-kd "
-                               f"for the vanilla NAGO search).")
-    if s["teacher"] is not None and not Path(s["teacher"]).is_file():
-        raise common.UserError(f"teacher checkpoint {args.teacher} not found; check --teacher.")
-    s["slots"], s["ray"] = workers.slots(args.gpus, args.workers, args.workers_per_gpu, args.ray), args.ray
-    return s
+        raise cli.UserError(f"the largest θ of the space does not fit --max-params: {e}") from None
+    if not s.no_kd and s.teacher is None:
+        arch = teachers.PAPER_TEACHER.get(s.dataset, "darts")
+        raise cli.UserError(f"a KD search needs --teacher CKPT: train one with `python train.py --arch {arch} "
+                            f"--dataset {s.dataset} --split final --save teacher.pt` (or pass --no-kd "
+                            f"for the vanilla NAGO search).")
+    if args.teacher is not None and not args.no_kd and not Path(s.teacher).is_file():
+        raise cli.UserError(f"teacher checkpoint {args.teacher} not found; check --teacher.")
 
 
 def box(settings):
     """The searched space: NAGO's θ ranges (generator.SPACE) with every level's node count at most
     --max-nodes, joined with τ and α (kd_loss.SPACE) unless --no-kd."""
-    theta = {name: (kind, low, min(high, settings["max_nodes"])) if name.endswith("_nodes") else (kind, low, high)
+    theta = {name: (kind, low, min(high, settings.max_nodes)) if name.endswith("_nodes") else (kind, low, high)
              for name, (kind, low, high) in generator.SPACE.items()}
-    return theta if settings["no_kd"] else {**theta, **kd_loss.SPACE}
+    return theta if settings.no_kd else {**theta, **kd_loss.SPACE}
 
 
 def digits_teacher(path):
@@ -177,20 +217,23 @@ def digits_teacher(path):
     command = ["--arch", "darts", "--dataset", "digits", "--split", "final", "--seed", "0", "--device", "cpu",
                "--save", str(path), "--resume"] + [f"--{k}={v}" for k, v in DIGITS_TEACHER.items()]
     if train.main(command) != 0:
-        raise common.UserError("training the digits teacher failed; see the error above.")
+        raise cli.UserError("training the digits teacher failed; see the error above.")
 
 
 def ready_teacher(settings, data, out, lessons_flag):
-    """The teacher, trained first for the digits quick start and loaded once here, and where its
-    lessons go (settings["lessons"]: out/lessons.pt, or None with the reason they are computed live)."""
-    if settings["dataset"] == "digits" and settings["teacher"] == common.absolute(out / "teacher.pt"):
+    """The settings with the teacher ready: trained first for the digits quick start, loaded once here
+    (a wrong teacher is one error now, not one per worker), and where its lessons go (out/lessons.pt,
+    or None with the reason they are computed live)."""
+    if settings.no_kd:
+        return settings
+    if settings.dataset == "digits" and settings.teacher == files.absolute(out / "teacher.pt"):
         digits_teacher(out / "teacher.pt")
-    teachers.load(settings["teacher"], settings["dataset"], data.num_classes)
-    reason = lessons.unusable(data, cutout=0) if lessons_flag == "auto" else "--lessons off"
-    settings["lessons"] = str((out / "lessons.pt").resolve()) if reason is None else None
-    settings["lessons_live"] = reason
-    settings["lessons_key"] = {"teacher": common.file_digest(settings["teacher"]), "dataset": data.name,
-                               "split": "search", "val_size": settings["val_size"]}
+    teachers.load(settings.teacher, settings.dataset, data.num_classes)
+    reason = lessons.why_live(data, cutout=0) if lessons_flag == "auto" else "--lessons off"
+    return dataclasses.replace(
+        settings, lessons=str((out / "lessons.pt").resolve()) if reason is None else None, lessons_live=reason,
+        lessons_key={"teacher": files.file_digest(settings.teacher), "dataset": data.name, "split": "search",
+                     "val_size": settings.val_size})
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -213,14 +256,16 @@ class Progress:
 
     def __init__(self, search, settings, out, provenance, train_size):
         self.search, self.out, self.provenance, self.train_size = search, out, provenance, train_size
-        self.total = settings["iterations"] * bohb.plan_budget(search.plan)  # epochs in the whole search
-        self.jobs = settings["iterations"] * sum(n for bracket in search.plan for n, _ in bracket)
-        self.start, self.records, self.images_now = time.time(), [], 0
+        self.total = settings.iterations * bohb.plan_budget(search.plan)  # epochs in the whole search
+        self.jobs = settings.iterations * sum(n for bracket in search.plan for n, _ in bracket)
+        self.start, self.images_now = time.time(), 0
+        self.records, _ = files.read_jsonl(out / "results.jsonl")
         best = out / "best.json"
         self.best = json.loads(best.read_text()) if best.is_file() else None
-
-    def resumed(self, records):
-        self.records = list(records)
+        print(f"plan per Hyperband iteration: {bohb.format_plan(search.plan)}; {settings.iterations} iteration(s)")
+        print(self.cost(), flush=True)
+        if self.records:
+            print(f"resuming {out / 'results.jsonl'}: {len(self.records)} evaluations already done")
 
     def cost(self):
         images = self.total * self.train_size
@@ -234,7 +279,7 @@ class Progress:
         if best is None or (self.best is not None and {k: self.best.get(k) for k in best} == best):
             return False
         self.best = {**best, **self.provenance}
-        common.write_json(self.out / "best.json", self.best)
+        files.write_json(self.out / "best.json", self.best)
         return True
 
     def __call__(self, record):
@@ -243,14 +288,18 @@ class Progress:
         elapsed = time.time() - self.start
         rate = self.images_now / elapsed  # all workers together, capture and lessons included
         left = max(0.0, self.total * self.train_size - sum(r["budget"] for r in self.records) * self.train_size)
-        acc = record["info"].get("accuracy")
-        what = f"acc {100 * acc:5.1f} %" if acc is not None else "FAILED " + record["error"].strip().splitlines()[-1]
         print(f"[{len(self.records):3d}/{self.jobs}] iter {record['iteration']} bracket {record['bracket']} "
-              f"rung {record['rung']}  {record['budget']:g} ep  {what}  {record['info'].get('wall_s', 0):.0f} s  "
-              f"| {rate:,.0f} img/s, eta {common.hms(left / rate if rate else None)}", flush=True)
+              f"rung {record['rung']}  {record['budget']:g} ep  {outcome(record)}  {record['info'].get('wall_s', 0):.0f} s  "
+              f"| {rate:,.0f} img/s, eta {cli.hms(left / rate if rate else None)}", flush=True)
         if self.update_best():
             print(f"      incumbent: {100 * self.best['accuracy']:.1f} % at {self.best['budget']:g} epochs  "
                   f"{json.dumps(self.best['config'])}", flush=True)
+
+
+def outcome(record):
+    """'acc 93.1 %', or 'FAILED' and the last line of the error, for a progress line."""
+    accuracy = record["info"].get("accuracy")
+    return f"acc {100 * accuracy:5.1f} %" if accuracy is not None else "FAILED " + record["error"].strip().splitlines()[-1]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -264,14 +313,14 @@ def study_jobs(settings, budgets):
     and the --no-kd search of one seed study the same N students; τ and α have a stream of their own."""
     theta = bohb.Space({k: v for k, v in box(settings).items() if k in generator.SPACE})
     kd = bohb.Space(kd_loss.SPACE)
-    draw_theta = np.random.default_rng([settings["seed"], STUDY, 0])
-    draw_kd = np.random.default_rng([settings["seed"], STUDY, 1])
+    draw_theta = np.random.default_rng([settings.seed, STUDY, 0])
+    draw_kd = np.random.default_rng([settings.seed, STUDY, 1])
     jobs = []
-    for index in range(settings["study"]):
+    for index in range(settings.study):
         config = theta.decode(draw_theta.random(len(theta)))
         tau_alpha = kd.decode(draw_kd.random(len(kd)))
-        config = config if settings["no_kd"] else {**config, **tau_alpha}
-        seed = generator.derived_seed(settings["seed"], STUDY, index)
+        config = config if settings.no_kd else {**config, **tau_alpha}
+        seed = generator.derived_seed(settings.seed, STUDY, index)
         jobs += [{"iteration": None, "bracket": None, "rung": rung, "index": index, "budget": budget,
                   "config": config, "origin": "study", "arch_seed": seed} for rung, budget in enumerate(budgets)]
     return jobs
@@ -279,121 +328,127 @@ def study_jobs(settings, budgets):
 
 def study_left(jobs, path):
     """The study's jobs that its log (study.jsonl, in bohb.py's record format) does not hold yet."""
-    done = {(r["index"], r["rung"]) for r in common.read_jsonl(path)[0]}
+    done = {(r["index"], r["rung"]) for r in files.read_jsonl(path)[0]}
     return [job for job in jobs if (job["index"], job["rung"]) not in done]
 
 
-def run_study(pool, todo, total, path):
-    """Train the study's jobs `todo`, all queued at once on the pool, appending each result to `path`;
-    a failure is logged like the search's, and the others go on."""
-    records, whole = common.read_jsonl(path)
-    with common.open_log(path, whole) as log:
-        futures = {pool.submit(bohb.run_job, objective, job): job for job in todo}
+def budgets(plan):
+    """The budgets of a Hyperband plan, smallest first."""
+    return sorted({budget for bracket in plan for _, budget in bracket})
+
+
+def run_study(workers, todo, path):
+    """Train the study's jobs `todo`, all queued at once, appending each result to `path`; a failure
+    is logged like the search's, and the others go on."""
+    if not todo:
+        return
+    print(f"the study for Fig. 4: {len({job['index'] for job in todo})} random configurations at every budget, "
+          f"{len(todo)} trainings, {sum(job['budget'] for job in todo):g} epochs", flush=True)
+    records, whole = files.read_jsonl(path)
+    with files.open_log(path, whole) as log:
+        futures = {workers.submit(bohb.run_job, with_worker(objective), job): job for job in todo}
         for future in cf.as_completed(futures):
             error = future.exception()  # the worker itself failed (run_job never raises)
             record = future.result() if error is None else bohb.make_record(futures[future], None, None,
-                                                                              common.describe(error), {})
-            common.append_jsonl(log, record, default=bohb.to_json)
+                                                                              cli.describe(error), {})
+            files.append_jsonl(log, record, default=bohb.to_json)
             records.append(record)
-            acc = record["info"].get("accuracy")
-            print(f"[study {len(records):3d}/{total}] configuration {record['index']}  {record['budget']:g} ep  "
-                  + (f"acc {100 * acc:5.1f} %" if acc is not None else "FAILED " + record["error"].strip().splitlines()[-1]),
-                  flush=True)
-    return records
+            print(f"[study {len(records):3d}] configuration {record['index']}  {record['budget']:g} ep  "
+                  f"{outcome(record)}", flush=True)
 
 
 # ----------------------------------------------------------------------------------------------------
 # The search
 
 def run(args):
-    settings = resolve(args)
-    out = Path(args.out or f"runs/search-{args.dataset}{'-nokd' if args.no_kd else ''}")
-    if settings["dataset"] == "digits" and not settings["no_kd"] and settings["teacher"] is None:
-        settings["teacher"] = common.absolute(out / "teacher.pt")
+    """Alg. 1: BOHB proposes (θ, τ, α) and a budget, a worker evaluates f_KD, until the plan is done;
+    then the study for Fig. 4. Re-run, it resumes from the logs; a finished search starts no worker."""
+    settings, out = resolve(args)
+    check_folder(settings, out)
+    data = load_data(settings.dataset, settings.data_dir, "search", val_size=settings.val_size,
+                     cache_dir=settings.cache_dir)  # once here: a wrong folder is one error, a cache made once
+    settings = ready_teacher(settings, data, out, args.lessons)
+    provenance = write_provenance(settings, out)
+    search = bohb.BOHB(box(settings), settings.min_budget, settings.max_budget, settings.eta, settings.seed)
+    progress = Progress(search, settings, out, provenance, len(data.train))
+    study = study_left(study_jobs(settings, budgets(search.plan)), out / "study.jsonl")
+    with pool.Lazy(lambda: start_workers(settings, out), sum(n for _, n in settings.slots)) as workers:
+        search.run(with_worker(objective), workers, settings.iterations, out / "results.jsonl",
+                   on_result=progress, n_workers=workers.size)
+        run_study(workers, study, out / "study.jsonl")
+        if not workers.started:
+            print("the search is complete; nothing to run")
+    return finish(progress, out)
+
+
+def check_folder(settings, out):
+    """A folder that holds a search is resumed only with the settings it was made with."""
     saved = out / "search.json"
     if saved.is_file():
-        before = {"max_nodes": MAX_NODES, **common.read_json(str(saved), "search.json")["settings"]}  # older folders
-        common.check_resume(before, settings, RESUME_KEYS, out)
-    # Load the data and the teacher here once: a missing folder or a wrong teacher is one clear error
-    # now, not a failure in every worker; and an image folder is decoded into its cache only once.
-    data = load_data(settings["dataset"], settings["data_dir"], "search", val_size=settings["val_size"],
-                     cache_dir=settings["cache_dir"])
-    if not settings["no_kd"]:
-        ready_teacher(settings, data, out, args.lessons)
-    provenance = {"dataset": settings["dataset"], "teacher": settings["teacher"], "no_kd": settings["no_kd"],
-                  "search_dir": common.absolute(out), "settings": settings, "versions": common.versions()}
-    if not saved.is_file():
-        common.write_json(saved, provenance)
+        files.check_resume(files.read_json(str(saved), "search.json")["settings"], settings.to_json(), RESUME_KEYS, out)
 
-    make = lambda: bohb.BOHB(box(settings), settings["min_budget"], settings["max_budget"], settings["eta"],  # noqa: E731
-                             settings["seed"])
-    search, log = make(), out / "results.jsonl"
-    progress = Progress(search, settings, out, provenance, len(data.train))
-    records, _ = common.read_jsonl(log)
-    progress.resumed(records)
-    if records:
-        print(f"resuming {log}: {len(records)} evaluations already done")
-    study = study_jobs(settings, sorted({budget for bracket in search.plan for _, budget in bracket}))
-    todo = study_left(study, out / "study.jsonl")
-    complete = bool(records) and make().complete(records, settings["iterations"])
-    if complete:
-        search.complete(records, settings["iterations"])
-        print("the search is complete" + ("; nothing to run" if not todo else ""))
-    else:
-        print(f"plan per Hyperband iteration: {bohb.format_plan(search.plan)}; {settings['iterations']} iteration(s)")
-        print(progress.cost(), flush=True)
-    if todo:
-        print(f"then the study for Fig. 4: {settings['study']} random configurations at every budget, "
-              f"{len(todo)} trainings, {sum(job['budget'] for job in todo):g} epochs", flush=True)
-    if not complete or todo:
-        pool = workers.pool(settings)
-        try:
-            if not settings["no_kd"]:
-                report = workers.check_teacher(pool, train.Protocol(**settings["protocol"], capture=settings["capture"]),
-                                               settings)
-                common.write_json(out / "teacher.json", {**report, "teacher": settings["teacher"]})
-            if not complete:
-                search.run(objective, pool, settings["iterations"], log, on_result=progress, n_workers=pool.size)
-            run_study(pool, todo, len(study), out / "study.jsonl")
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)  # Ctrl-C must not wait for a running training
+
+def write_provenance(settings, out):
+    """What best.json and search.json say about the search: its data set, teacher and every setting."""
+    provenance = {"dataset": settings.dataset, "teacher": settings.teacher, "no_kd": settings.no_kd,
+                  "search_dir": files.absolute(out), "settings": settings.to_json(), "versions": files.versions()}
+    if not (out / "search.json").is_file():
+        files.write_json(out / "search.json", provenance)
+    return provenance
+
+
+def start_workers(settings, out):
+    """The workers, each with the data and the teacher loaded; the teacher checked once (teacher.json)."""
+    workers = pool.make(settings.slots, settings.ray, train.Worker.load, (settings,))
+    try:
+        if not settings.no_kd:
+            report = train.check_teacher(workers, settings.protocol, settings)
+            files.write_json(out / "teacher.json", {**report, "teacher": settings.teacher})
+    except BaseException:
+        workers.shutdown(wait=False, cancel_futures=True)
+        raise
+    return workers
+
+
+def finish(progress, out):
+    """best.json brought up to date, and the result and the next command printed."""
     progress.update_best()
     if progress.best is None:
-        raise common.UserError(f"no evaluation succeeded; read the errors in {log}.")
+        raise cli.UserError(f"no evaluation succeeded; read the errors in {out / 'results.jsonl'}.")
     print(f"best: {100 * progress.best['accuracy']:.1f} % at {progress.best['budget']:g} epochs -> {out / 'best.json'}")
     print(f"next: python retrain.py --theta {out / 'best.json'}")
     return out / "best.json"
 
 
 def parser():
-    p = common.Parser(description=__doc__.split("\n\n")[0])
+    p = cli.Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="cifar10", choices=DATASETS, help="data set (presets in SEARCH_PRESETS)")
     p.add_argument("--data-dir", default=None, help="data folder (default data/<dataset>; layouts in data.py)")
     p.add_argument("--cache-dir", default=None, help="cache of decoded image folders (default ~/.cache/autokd)")
     p.add_argument("--teacher", default=None, help="teacher checkpoint from train.py (digits: trained if absent)")
     p.add_argument("--no-kd", action="store_true", help="search θ alone with plain cross-entropy (vanilla NAGO)")
-    workers.add_flags(p)
+    pool.add_flags(p)
     p.add_argument("--out", default=None, help="output folder (default runs/search-<dataset>[-nokd]); an existing "
                                                "one is resumed")
     p.add_argument("--seed", type=int, default=0, help="seeds BOHB and every architecture sample")
-    p.add_argument("--min-budget", type=common.positive_float, default=None,
+    p.add_argument("--min-budget", type=cli.positive_float, default=None,
                    help="smallest budget in epochs (default: preset, 30)")
-    p.add_argument("--max-budget", type=common.positive_float, default=None,
+    p.add_argument("--max-budget", type=cli.positive_float, default=None,
                    help="largest budget in epochs (default: preset, 120)")
     p.add_argument("--eta", type=bohb.eta, default=2, help="successive halving keeps the best 1/eta (Alg. 1)")
-    p.add_argument("--iterations", type=common.positive_int, default=None,
+    p.add_argument("--iterations", type=cli.positive_int, default=None,
                    help="Hyperband iterations (default: preset; 21 train ~300 students, as in the paper)")
-    p.add_argument("--max-params", type=common.positive_int, default=None,
+    p.add_argument("--max-params", type=cli.positive_int, default=None,
                    help="student parameter limit, e.g. 4e6 (default: 4.0 M for 32 px, 6.0 M for 224 px, paper Sec. 4)")
-    p.add_argument("--max-nodes", type=common.positive_int, default=None,
+    p.add_argument("--max-nodes", type=cli.positive_int, default=None,
                    help=f"most nodes per graph at every level, 4 to {MAX_NODES} (default: preset, else {MAX_NODES}, "
                         f"NAGO's); fewer make smaller, faster students")
-    p.add_argument("--study", type=common.nonnegative_int, default=None,
+    p.add_argument("--study", type=cli.nonnegative_int, default=None,
                    help="after the search, train this many random configurations at every budget, for Fig. 4's "
                         "rank correlations (default: preset, else 0); BOHB does not see them")
-    p.add_argument("--val-size", type=common.positive_int, default=None, help="hold-out images (default: 5,000 for CIFAR)")
-    p.add_argument("--batch-size", type=common.positive_int, default=None, help="batch size (default: preset, 96)")
-    p.add_argument("--lr", type=common.positive_float, default=None,
+    p.add_argument("--val-size", type=cli.positive_int, default=None, help="hold-out images (default: 5,000 for CIFAR)")
+    p.add_argument("--batch-size", type=cli.positive_int, default=None, help="batch size (default: preset, 96)")
+    p.add_argument("--lr", type=cli.positive_float, default=None,
                    help="peak learning rate for batch 96, scaled linearly to --batch-size, cosine-decayed over the "
                         "budget (default: preset, 0.025)")
     p.add_argument("--lessons", default="auto", choices=("auto", "off"),
@@ -403,7 +458,7 @@ def parser():
     return p
 
 
-@common.cli
+@cli.cli
 def main(argv=None):
     run(parser().parse_args(argv))
 

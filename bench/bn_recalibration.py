@@ -23,6 +23,7 @@ import dataclasses
 import os
 import sys
 import time
+from types import SimpleNamespace
 from contextlib import nullcontext
 
 import numpy as np
@@ -51,7 +52,7 @@ def subset(split, n, seed):
 def students(n, seed):
     """n configurations of the quick start's box, drawn uniformly (θ only: no KD here)."""
     preset = search.SEARCH_PRESETS["digits"]
-    space = bohb.Space(search.box({"no_kd": True, "max_nodes": preset["max_nodes"]}))
+    space = bohb.Space(search.box(SimpleNamespace(no_kd=True, max_nodes=preset["max_nodes"])))
     rng = np.random.default_rng(seed)
     return [space.decode(rng.random(len(space))) for _ in range(n)]
 
@@ -64,7 +65,8 @@ def measure(data, thetas, budgets, protocol, max_params, bn_batches):
         for budget in budgets:
             result, arch, model = train.f_kd(theta, budget, index, data, None,
                                              protocol.replace(eval_every=budget, bn_batches=0),
-                                             device="cpu", max_params=max_params)
+                                             train.RunOptions(seed=index, log=lambda line: None),
+                                             {"max_params": max_params})
             start = time.perf_counter()
             train.recalibrate_bn(model, data, bn_batches, protocol.batch_size, nullcontext(), torch.contiguous_format)
             recal_s = time.perf_counter() - start

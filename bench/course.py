@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench import results  # noqa: E402
-import common  # noqa: E402
+from machinery import cli  # noqa: E402
 
 # The CIFAR-10 course run, sized for about an hour on one H100-class GPU (README, "A CIFAR-10 course
 # run on one GPU"; an estimate until measured): a small DARTS teacher trained 20 epochs, each search
@@ -108,12 +108,12 @@ def main():
     total = time.perf_counter() - start
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     text = "\n".join(["| stage | wall time | CPU time, all processes |", "|---|---|---|"]
-                     + [f"| {stage} | {common.hms(wall)} | {common.hms(cpu)} |" for stage, wall, cpu in times]
-                     + [f"| **all** | **{common.hms(total)}** | {common.hms(sum(c for _, _, c in times))} |", "",
+                     + [f"| {stage} | {cli.hms(wall)} | {cli.hms(cpu)} |" for stage, wall, cpu in times]
+                     + [f"| **all** | **{cli.hms(total)}** | {cli.hms(sum(c for _, _, c in times))} |", "",
                         f"Load average (1 min) at the end: {load:.1f} on {os.cpu_count()} cores"
                         + (" (above the core count: other jobs shared the machine, and the times are longer "
                            "than on an idle one)." if load > (os.cpu_count() or 1) else ".")])
-    print(f"\n{args.preset}: {common.hms(total)} in all\n\n{text}")
+    print(f"\n{args.preset}: {cli.hms(total)} in all\n\n{text}")
     if args.record and not args.smoke:
         device = "cuda" if args.preset == "cifar10" else "cpu"
         path = results.record(f"course_{args.preset}", f"bench/course.py --preset {args.preset}, end to end",

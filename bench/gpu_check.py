@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from types import SimpleNamespace
 import traceback
 from pathlib import Path
 
@@ -40,12 +41,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-import common  # noqa: E402
+from machinery import files  # noqa: E402
 import data as D  # noqa: E402
 import generator as G  # noqa: E402
 import teachers  # noqa: E402
 import train as T  # noqa: E402
-import workers  # noqa: E402
+from machinery import pool as machinery_pool  # noqa: E402
+from machinery.executor import with_worker  # noqa: E402
 from results import machine, record  # noqa: E402
 from teachers import lessons  # noqa: E402
 
@@ -124,7 +126,7 @@ def student(theta, data, seed=0, max_params=None):
 def fit_rate(model, data, protocol, device, teacher=None, alpha=0.0):
     """(images/s of the fastest epoch after the first, extra seconds of the first epoch, result): the
     first epoch carries cuDNN's kernel choice and, captured, the warm-up and the recording."""
-    result = T.fit(model, data, protocol, teacher, 4.0, alpha, device=device, log=lambda _: None)
+    result = T.fit(model, data, protocol, teacher, 4.0, alpha, T.RunOptions(device=device, log=lambda _: None))
     seen = [row["images_per_s"] for row in result["history"]]
     first_extra = len(data.train) / seen[0] - len(data.train) / max(seen[1:]) if len(seen) > 1 else 0.0
     return max(seen[1:] or seen), first_extra, result
@@ -176,7 +178,8 @@ def capture_check(report, data, device, cfg):
                 if isinstance(m, torch.nn.Dropout):
                     m.p = 0.0
             protocol = T.Protocol(epochs=3, batch_size=cfg.batch, amp="off", capture=mode, bn_batches=1)
-            result = T.fit(model, subset(data, cfg.batch * 6, cfg.batch), protocol, device=device, log=lambda _: None)
+            result = T.fit(model, subset(data, cfg.batch * 6, cfg.batch), protocol,
+                           options=T.RunOptions(device=device, log=lambda _: None))
             losses[name] = [row["loss"] for row in result["history"]]
             losses[name + " ran captured"] = result["config"]["capture"]
     finally:
@@ -247,8 +250,9 @@ def pipeline(report, data, device, cfg):
 
 def several(report, data_args, device, cfg, mode):
     """5. aggregate images/s of n students on one GPU: threads of one process, or separate processes."""
-    settings = {"dataset": data_args["dataset"], "data_dir": data_args["data_dir"], "cache_dir": data_args["cache_dir"],
-                "split": "search", "val_size": None, "no_kd": True}
+    settings = SimpleNamespace(dataset=data_args["dataset"], data_dir=data_args["data_dir"], split="search",
+                               cache_dir=data_args["cache_dir"], val_size=None, no_kd=True, teacher=None,
+                               workers_per_gpu=max(cfg.students), lessons=None, lessons_key=None)
     env = {}
     if mode == "processes under MPS":
         env = start_mps()
@@ -259,13 +263,13 @@ def several(report, data_args, device, cfg, mode):
     os.environ.update(env)  # the spawned workers inherit it
     try:
         counts = cfg.students if mode == "threads" else cfg.process_students
-        pool = workers.Pool([(str(device), max(counts))] if mode == "threads" else
-                            [(str(device), 1)] * max(counts), workers.init_worker, (settings,))
+        pool = machinery_pool.Pool([(str(device), max(counts))] if mode == "threads" else
+                                   [(str(device), 1)] * max(counts), T.Worker.load, (settings,))
         try:
             for n in counts:
                 if report.left() < 25:
                     break
-                futures = [pool.submit(steady_student, cfg.images, cfg.epochs + 1, cfg.batch, seed, cfg.max_params)
+                futures = [pool.submit(with_worker(steady_student), cfg.images, cfg.epochs + 1, cfg.batch, seed, cfg.max_params)
                            for seed in range(n)]
                 runs = [f.result(timeout=max(10, min(120, report.left() - 10))) for f in futures]
                 start = max(r["steady_start"] for r in runs)
@@ -283,14 +287,14 @@ def several(report, data_args, device, cfg, mode):
                            timeout=20, capture_output=True)
 
 
-def steady_student(n_images, epochs, batch, seed, max_params):
+def steady_student(worker, n_images, epochs, batch, seed, max_params):
     """In a worker: the middle θ trained on n_images; its rate after the first epoch, and when."""
-    state = workers.STATE
-    part = subset(state["data"], n_images, batch)
+    part = subset(worker.data, n_images, batch)
     model, _ = student(THETAS["middle"], part, seed, max_params)
     ends = []
     result = T.fit(model, part, T.Protocol(epochs=epochs, batch_size=batch, bn_batches=1, eval_every=epochs),
-                   device=state["device"], seed=seed, own_rng=False, log=lambda _: ends.append(time.time()))
+                   options=T.RunOptions(device=worker.device, seed=seed, own_rng=False,
+                                        log=lambda _: ends.append(time.time())))
     rates = [row["images_per_s"] for row in result["history"][1:]]
     return {"rate": statistics.median(rates), "steady_start": ends[0], "end": ends[-1],
             "captured": result["config"]["capture"]}
@@ -364,7 +368,7 @@ def mini_search(report, data_args, device, cfg, out):
     """8. search.py end to end on this GPU: spawned workers, several per GPU, KD with lessons, AMP."""
     teacher_path = out / "tiny_teacher.pt"
     net = teachers.build("darts", 10, width=8, layers=5)
-    common.save_checkpoint(teacher_path, {"model": net.state_dict(), "epoch": 1, "config": {
+    files.save_checkpoint(teacher_path, {"model": net.state_dict(), "epoch": 1, "config": {
         "arch": "darts", "arch_options": {"width": 8, "layers": 5}, "dataset": data_args["dataset"],
         "num_classes": 10}})
     folder = out / "mini_search"

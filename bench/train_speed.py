@@ -95,8 +95,8 @@ def train_rate(data, teacher, alpha, device, amp, channels_last):
     torch.manual_seed(0)
     student = G.build(G.sample(THETAS["middle"], 0, data.image_size, data.num_classes))
     protocol = T.Protocol(epochs=2, amp=amp, channels_last="on" if channels_last else "off", bn_batches=1)
-    result = T.fit(student, data, protocol, teacher if alpha > 0 else None, 4.0, alpha, device=device,
-                   log=lambda line: None)
+    result = T.fit(student, data, protocol, teacher if alpha > 0 else None, 4.0, alpha,
+                   T.RunOptions(device=device, log=lambda line: None))
     return result["history"][-1]["images_per_s"], sum(p.numel() for p in student.parameters())
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-import common
+from machinery import cli, files
 from . import darts, inception_resnet_v2
 
 BUILDERS = {"darts": darts.build, "inception_resnet_v2": inception_resnet_v2.build}
@@ -24,15 +24,15 @@ def build(name, num_classes, **options):
     inception_resnet_v2 options: pretrained=False (True: timm's ImageNet weights from the hub),
     weights=None (a file holding those weights)."""
     if name not in BUILDERS:
-        raise common.UserError(f"unknown teacher {name!r}: choose one of {', '.join(BUILDERS)}")
+        raise cli.UserError(f"unknown teacher {name!r}: choose one of {', '.join(BUILDERS)}")
     return BUILDERS[name](num_classes, **options)
 
 
 def add_flags(p):
     """train.py's flags that shape a teacher (--arch)."""
-    p.add_argument("--width", type=common.positive_int, default=None, help="darts: initial channels (default 36)")
-    p.add_argument("--layers", type=common.positive_int, default=None, help="darts: cells (default 20)")
-    p.add_argument("--drop-path-prob", type=common.nonnegative_float, default=None,
+    p.add_argument("--width", type=cli.positive_int, default=None, help="darts: initial channels (default 36)")
+    p.add_argument("--layers", type=cli.positive_int, default=None, help="darts: cells (default 20)")
+    p.add_argument("--drop-path-prob", type=cli.nonnegative_float, default=None,
                    help="darts: final drop-path probability, ramped from 0 (default 0.2)")
     p.add_argument("--no-auxiliary", action="store_true", help="darts: no auxiliary head")
     p.add_argument("--weights", default=None,
@@ -51,15 +51,15 @@ def from_flags(args, num_classes):
     if args.no_auxiliary:
         darts_flags["auxiliary"] = False
     if args.arch != "darts" and darts_flags:
-        raise common.UserError(f"--{'/--'.join(k.replace('_', '-') for k in darts_flags)} apply to "
+        raise cli.UserError(f"--{'/--'.join(k.replace('_', '-') for k in darts_flags)} apply to "
                                f"--arch darts only; drop them")
     if (args.weights or args.from_scratch) and args.arch != "inception_resnet_v2":
-        raise common.UserError("--weights and --from-scratch apply to --arch inception_resnet_v2 only; drop them")
+        raise cli.UserError("--weights and --from-scratch apply to --arch inception_resnet_v2 only; drop them")
     if args.weights and args.from_scratch:
-        raise common.UserError("--weights gives the initial weights and --from-scratch refuses them; drop one")
+        raise cli.UserError("--weights gives the initial weights and --from-scratch refuses them; drop one")
     if args.arch == "darts":
         return build("darts", num_classes, **darts_flags), {"arch": "darts", "arch_options": darts_flags}
-    options = {"weights": common.absolute(args.weights)} if args.weights else {"pretrained": not args.from_scratch}
+    options = {"weights": files.absolute(args.weights)} if args.weights else {"pretrained": not args.from_scratch}
     resumed = args.resume and Path(args.save).is_file()
     return build(args.arch, num_classes, **({} if resumed else options)), {"arch": args.arch, "arch_options": options}
 
@@ -77,21 +77,21 @@ def load(path, dataset, num_classes, device="cpu"):
     no teacher, was trained for another data set or number of classes than (dataset, num_classes), or
     holds weights that are not finite (a diverged training)."""
     if not Path(path).is_file():
-        raise common.UserError(f"there is no teacher checkpoint at {path}: {_train_hint(dataset)}")
+        raise cli.UserError(f"there is no teacher checkpoint at {path}: {_train_hint(dataset)}")
     try:
-        checkpoint = common.load_checkpoint(path, map_location=device, what="train.py checkpoint")
-    except common.CheckpointError:
-        raise common.UserError(f"{path} is not a readable train.py checkpoint: {_train_hint(dataset)}") from None
+        checkpoint = files.load_checkpoint(path, map_location=device, what="train.py checkpoint")
+    except files.CheckpointError:
+        raise cli.UserError(f"{path} is not a readable train.py checkpoint: {_train_hint(dataset)}") from None
     config = checkpoint.get("config")
     if not isinstance(config, dict) or "model" not in checkpoint:
-        raise common.UserError(f"{path} is not a train.py checkpoint (it has no config or model): "
+        raise cli.UserError(f"{path} is not a train.py checkpoint (it has no config or model): "
                                f"{_train_hint(dataset)}")
     arch = config.get("arch")
     if arch not in BUILDERS:
-        raise common.UserError(f"{path} holds a {arch!r} network, not a teacher ({', '.join(BUILDERS)}): "
+        raise cli.UserError(f"{path} holds a {arch!r} network, not a teacher ({', '.join(BUILDERS)}): "
                                f"{_train_hint(dataset)}")
     if (config.get("dataset"), config.get("num_classes")) != (dataset, num_classes):
-        raise common.UserError(f"{path} was trained on {config.get('dataset')} ({config.get('num_classes')} "
+        raise cli.UserError(f"{path} was trained on {config.get('dataset')} ({config.get('num_classes')} "
                                f"classes), not {dataset} ({num_classes} classes): {_train_hint(dataset)}")
     options = dict(config.get("arch_options", {}))
     for key in ("pretrained", "weights"):  # the checkpoint has the weights: nothing to download or read
@@ -100,11 +100,11 @@ def load(path, dataset, num_classes, device="cpu"):
     state = checkpoint["model"]
     broken = [k for k, v in state.items() if torch.is_floating_point(v) and not torch.isfinite(v).all()]
     if broken:
-        raise common.UserError(f"{path} holds non-finite weights ({broken[0]} and {len(broken) - 1} more): its "
+        raise cli.UserError(f"{path} holds non-finite weights ({broken[0]} and {len(broken) - 1} more): its "
                                f"training diverged; {_train_hint(dataset)}")
     try:
         model.load_state_dict(state)
     except RuntimeError:
-        raise common.UserError(f"{path} holds weights that do not fit its own config (arch {arch!r}, options "
+        raise cli.UserError(f"{path} holds weights that do not fit its own config (arch {arch!r}, options "
                                f"{options}): the file was altered; {_train_hint(dataset)}") from None
     return model.to(device).eval()

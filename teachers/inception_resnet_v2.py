@@ -18,7 +18,7 @@ into the first BatchNorm, which renormalises it. timm is an optional dependency,
 """
 from pathlib import Path
 
-import common
+from machinery import cli
 
 NAME = "inception_resnet_v2"
 WEIGHTS_PAGE = "https://huggingface.co/timm/inception_resnet_v2.tf_in1k"
@@ -34,13 +34,13 @@ def build(num_classes, pretrained=False, weights=None):
     try:
         import timm
     except ImportError:
-        raise common.UserError("the inception_resnet_v2 teacher needs timm: pip install timm") from None
+        raise cli.UserError("the inception_resnet_v2 teacher needs timm: pip install timm") from None
     if weights is None:
         try:
             return timm.create_model(NAME, pretrained=pretrained, num_classes=num_classes)
         except OSError as error:  # huggingface_hub's errors when it is offline or unreachable
-            first = common.describe(error).split(". ")[0]
-            raise common.UserError(f"timm's ImageNet weights for {NAME} could not be fetched ({first}): "
+            first = cli.describe(error).split(". ")[0]
+            raise cli.UserError(f"timm's ImageNet weights for {NAME} could not be fetched ({first}): "
                                    f"{FETCH_HINT}.") from None
     model = timm.create_model(NAME, num_classes=num_classes)
     load_weights(model, weights)
@@ -51,12 +51,12 @@ def load_weights(model, path):
     """Load timm's ImageNet weights for this network from the file at `path` (safetensors, or a torch
     file read with weights_only): every tensor must be there, except a classifier of another class count."""
     if not Path(path).is_file():
-        raise common.UserError(f"--weights {path}: no such file; {FETCH_HINT}.")
+        raise cli.UserError(f"--weights {path}: no such file; {FETCH_HINT}.")
     from timm.models import load_state_dict
     try:
         state = load_state_dict(str(path))
     except Exception as error:  # safetensors, pickle and torch each raise their own kind
-        raise common.UserError(f"--weights {path} is not a weights file ({type(error).__name__}); "
+        raise cli.UserError(f"--weights {path} is not a weights file ({type(error).__name__}); "
                                f"{FETCH_HINT}.") from None
     head = model.pretrained_cfg["classifier"]
     own = model.state_dict()
@@ -65,6 +65,6 @@ def load_weights(model, path):
     wrong = sorted(k for k in own if k not in new_head and (k not in state or state[k].shape != own[k].shape))
     extra = sorted(set(state) - set(own))
     if wrong or extra:
-        raise common.UserError(f"--weights {path} does not hold {NAME}'s weights ({(wrong + extra)[0]} is missing, "
+        raise cli.UserError(f"--weights {path} does not hold {NAME}'s weights ({(wrong + extra)[0]} is missing, "
                                f"unexpected or of another shape); {FETCH_HINT}.")
     model.load_state_dict(state, strict=False)

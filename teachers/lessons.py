@@ -10,17 +10,23 @@ once, before the first student, and every step looks its logits up instead:
     digits (2 px padding):         5 x 5 = 25 views per image
 
 A search's students share one table, computed by one worker and saved in the search folder; the
-students of a GPU run in one process (workers.py) and share its copy on that GPU. Where the views are
+students of a GPU run in one process (machinery/pool.py) and share its copy on that GPU. Where the views are
 not finite (cutout in final CIFAR training, random-resized crops of 224 px images) or the table would
 not fit, the teacher runs live, and the log says so.
 
     table = compute(teacher, data, autocast, memory_format)   # Lessons, (N, F, 2p+1, 2p+1, K)
     table(views)                                              # (B, K) for a batch's views (data.batches)
 """
+import fcntl
+import hashlib
+import tempfile
+import time
+from pathlib import Path
+
 import torch
 
-import common
 from data import TensorSplit, normalise
+from machinery import files
 
 MAX_BYTES = 8 * 2**30  # larger tables fall back to the live teacher
 
@@ -37,7 +43,7 @@ class Lessons:
         return self.logits[image, mirror, dy, dx]                      # (B, K)
 
 
-def unusable(data, cutout):
+def why_live(data, cutout):
     """Why the lessons of `data`'s training split cannot be cached (a sentence), or None if they can."""
     if not isinstance(data.train, TensorSplit):
         return f"{data.name}'s random-resized crops are not a finite set of views"
@@ -71,15 +77,42 @@ def compute(teacher, data, autocast, memory_format, dtype, key, batch_size=1024)
 
 
 def save(lessons, path):
-    common.save_checkpoint(path, {"logits": lessons.logits.cpu(), "key": lessons.key})
+    files.save_checkpoint(path, {"logits": lessons.logits.cpu(), "key": lessons.key})
 
 
 def load(path, key, device):
     """The lessons saved at `path` if they were computed for `key`, else None."""
     try:
-        state = common.load_checkpoint(path, what="lessons file")
-    except common.CheckpointError:
+        state = files.load_checkpoint(path, what="lessons file")
+    except files.CheckpointError:
         return None
     if state.get("key") != key or not isinstance(state.get("logits"), torch.Tensor):
         return None
     return Lessons(state["logits"].to(device), key)
+
+
+def shared(path, key, device, compute):
+    """(Lessons, seconds spent computing them): those saved at `path` (see local_path) if they were
+    computed for `key`, else compute() saved there. A file lock keeps the workers of one machine from
+    computing them twice."""
+    path = local_path(path)
+    with open(f"{path}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        table = load(path, key, device)
+        if table is not None:
+            return table, 0.0
+        start = time.perf_counter()
+        table = compute()
+        save(table, path)
+        return table, time.perf_counter() - start
+
+
+def local_path(path):
+    """Where this machine keeps the lessons: `path`, in the driver's output folder, where this machine
+    sees that folder (the driver's own, or a shared filesystem); else, on a Ray node without it, a file
+    of the node's own in its temporary folder, named after `path`, so that its actors compute them once."""
+    if Path(path).parent.is_dir():
+        return path
+    local = Path(tempfile.gettempdir()) / "autokd-lessons" / f"{hashlib.sha1(path.encode()).hexdigest()[:16]}.pt"
+    local.parent.mkdir(parents=True, exist_ok=True)
+    return str(local)

@@ -15,8 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bohb  # noqa: E402
-import ray_workers  # noqa: E402
-import workers  # noqa: E402
+import train  # noqa: E402
+from machinery import ray_pool  # noqa: E402
+from helpers import worker_settings  # noqa: E402
 from test_pipeline import kill_after_first_result, read_log  # noqa: E402
 from test_ray import readme_block  # noqa: E402
 
@@ -43,7 +44,7 @@ def cluster():
             assert done.returncode == 0, done.stderr[-2000:]
     global ray
     import ray  # only now: Ray reads RAY_AUTH_MODE when it is imported
-    ray_workers.connect(ADDRESS)
+    ray_pool.connect(ADDRESS)
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2
     return ADDRESS
 
@@ -64,7 +65,7 @@ def test_a_killed_actor_fails_its_evaluation_only_and_is_replaced(tmp_path):
         time.sleep(1.5 * budget)  # long enough to be killed in the middle
         return {"loss": config["x1"] ** 2 + config["x2"] ** 2}
 
-    pool = ray_workers.RayPool([("cpu", 1), ("cpu", 1)])
+    pool = ray_pool.RayPool([("cpu", 1), ("cpu", 1)])
     victim = pool.workers[0]
     first_actor = victim.handle
 
@@ -91,10 +92,9 @@ def test_a_killed_actor_fails_its_evaluation_only_and_is_replaced(tmp_path):
 
 
 def test_a_node_without_the_data_is_named_in_one_line(tmp_path):
-    settings = {"dataset": "digits", "data_dir": str(tmp_path / "no-data"), "split": "search", "val_size": None,
-                "no_kd": True}
-    with pytest.raises(ray_workers.NodeError) as error:
-        ray_workers.RayPool([("cpu", 1)], workers.init_worker, (settings,))
+    settings = worker_settings(data_dir=str(tmp_path / "no-data"), no_kd=True)
+    with pytest.raises(ray_pool.NodeError) as error:
+        ray_pool.RayPool([("cpu", 1)], train.Worker.load, (settings,))
     message = str(error.value)
     assert message.startswith("node 127.0.0.1 (") and str(tmp_path / "no-data") in message
     assert "every node needs" in message and "\n" not in message
@@ -103,11 +103,11 @@ def test_a_node_without_the_data_is_named_in_one_line(tmp_path):
 def test_a_node_without_the_code_is_named_in_one_line(tmp_path):
     """A driver whose workers cannot import this code (it runs from elsewhere, and only its own sys.path
     has the repository), as on a node without the checkout: one line naming the node and the cause."""
-    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); import ray_workers; ray_workers.connect({ADDRESS!r})\n"
-            "try:\n    ray_workers.RayPool([('cpu', 1)])\nexcept ray_workers.NodeError as e:\n    print(e)")
+    code = (f"import sys; sys.path.insert(0, {str(ROOT)!r}); from machinery import ray_pool; ray_pool.connect({ADDRESS!r})\n"
+            "try:\n    ray_pool.RayPool([('cpu', 1)])\nexcept ray_pool.NodeError as e:\n    print(e)")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert r.stdout.startswith("the Ray actor on node 127.0.0.1 died while starting"), r.stdout + r.stderr[-2000:]
-    assert "No module named 'ray_workers'" in r.stdout and "every node needs this code" in r.stdout
+    assert "No module named 'machinery'" in r.stdout and "every node needs this code" in r.stdout
     assert len(r.stdout.strip().splitlines()) == 1
 
 
@@ -121,14 +121,14 @@ def test_an_actor_that_cannot_be_replaced_stops_the_pool_with_one_line(tmp_path)
             raise FileNotFoundError(f"{tmp_path / 'data'} not found; point --data-dir at the folder")
         started.touch()
 
-    pool = ray_workers.RayPool([("cpu", 1)], init)
+    pool = ray_pool.RayPool([("cpu", 1)], init)
     try:
         assert pool.submit(abs, -1).result() == 1
         ray.kill(pool.workers[0].handle)
         deadline = time.time() + 120
         while pool.refusal is None and time.time() < deadline:
             time.sleep(0.1)
-        with pytest.raises(ray_workers.NodeError, match=r"^node 127\.0\.0\.1 .* not found; point --data-dir"):
+        with pytest.raises(ray_pool.NodeError, match=r"^node 127\.0\.0\.1 .* not found; point --data-dir"):
             pool.submit(abs, -2)
     finally:
         pool.shutdown()

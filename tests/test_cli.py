@@ -176,8 +176,8 @@ def test_the_same_flag_parses_alike_everywhere(capsys, tmp_path):
 def test_a_resume_with_other_settings_names_them_and_writes_nothing(tmp_path, capsys):
     out = tmp_path / "search"
     out.mkdir()
-    settings = search.resolve(search.parser().parse_args(ONE))
-    (out / "search.json").write_text(json.dumps({"settings": {**settings, "seed": 7}}))
+    settings, _ = search.resolve(search.parser().parse_args(ONE))
+    (out / "search.json").write_text(json.dumps({"settings": {**settings.to_json(), "seed": 7}}))
     before = snapshot(out)
     status, err = run("search", ONE + ["--out", str(out)], capsys)
     assert status == 1 and "seed 7 there, 0 now" in err and "architecture" not in err and len(err) < 300
@@ -187,22 +187,22 @@ def test_a_resume_with_other_settings_names_them_and_writes_nothing(tmp_path, ca
 def test_the_same_folder_spelled_otherwise_resumes(tmp_path, monkeypatch):
     """Relative and absolute --out, and --data-dir, are the same folder."""
     monkeypatch.chdir(tmp_path)
-    a = search.resolve(search.parser().parse_args(ONE + ["--data-dir", str(ROOT / "data")]))
+    a, _ = search.resolve(search.parser().parse_args(ONE + ["--data-dir", str(ROOT / "data")]))
     monkeypatch.chdir(ROOT)
-    b = search.resolve(search.parser().parse_args(ONE + ["--data-dir", "data"]))
-    assert a["data_dir"] == b["data_dir"]
+    b, _ = search.resolve(search.parser().parse_args(ONE + ["--data-dir", "data"]))
+    assert a.data_dir == b.data_dir
 
 
 def test_files_get_the_umask_mode(tmp_path):
-    import common
+    from machinery import files
     old = os.umask(0o027)
     try:
-        common.UMASK, saved = 0o027, common.UMASK
-        common.write_json(tmp_path / "a.json", {})
-        common.save_checkpoint(tmp_path / "c.pt", {"model": {}})
+        files.UMASK, saved = 0o027, files.UMASK
+        files.write_json(tmp_path / "a.json", {})
+        files.save_checkpoint(tmp_path / "c.pt", {"model": {}})
     finally:
         os.umask(old)
-        common.UMASK = saved
+        files.UMASK = saved
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o640
     assert (tmp_path / "c.pt").stat().st_mode & 0o777 == 0o640
 

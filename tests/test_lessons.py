@@ -54,7 +54,7 @@ def test_an_epoch_with_lessons_trains_like_one_with_the_live_teacher():
         torch.manual_seed(0)
         model = G.build(G.sample(theta, 0, 32, 10, 60_000))
         result = T.fit(model, data, T.Protocol(epochs=2, batch_size=16, bn_batches=1), source, 3.0, 0.7,
-                       seed=4, log=lambda _: None)
+                       T.RunOptions(seed=4, log=lambda _: None))
         runs.append((result, model))
     (live, a), (cached, b) = runs
     assert (live["config"]["lessons"], cached["config"]["lessons"]) == ("live", "cached")
@@ -66,10 +66,10 @@ def test_an_epoch_with_lessons_trains_like_one_with_the_live_teacher():
 
 def test_lessons_are_refused_where_views_are_not_finite():
     data = cifar_like()
-    assert lessons.unusable(data, cutout=0) is None
-    assert "cutout" in lessons.unusable(data, cutout=16)
+    assert lessons.why_live(data, cutout=0) is None
+    assert "cutout" in lessons.why_live(data, cutout=16)
     large = dataclasses.replace(data, train=[0] * 10)  # a Dataset, as for 224 px images
-    assert "random-resized crops" in lessons.unusable(large, cutout=0)
+    assert "random-resized crops" in lessons.why_live(large, cutout=0)
 
 
 def test_a_saved_table_is_used_only_for_what_it_was_computed_from(tmp_path):

@@ -13,7 +13,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import train  # noqa: E402
-import workers  # noqa: E402
+from helpers import worker_settings  # noqa: E402
+from machinery import pool as machinery_pool  # noqa: E402
 
 # 1 iteration of budgets 1 -> 2 epochs with η = 2: 2 @ 1 -> 1 @ 2, then 2 @ 2: 5 trainings, no study
 TINY = ["--dataset", "digits", "--min-budget", "1", "--max-budget", "2", "--iterations", "1",
@@ -139,8 +140,7 @@ def square(x):
 
 
 def test_a_dead_worker_costs_one_evaluation_not_the_pool():
-    settings = {"dataset": "digits", "data_dir": None, "split": "search", "val_size": None, "no_kd": True}
-    pool = workers.Pool([("cpu", 1), ("cpu", 1)], workers.init_worker, (settings,))
+    pool = machinery_pool.Pool([("cpu", 1), ("cpu", 1)], train.Worker.load, (worker_settings(),))
     try:
         assert pool.submit(square, 3).result() == 9
         with pytest.raises(RuntimeError, match="simulated"):
@@ -161,7 +161,7 @@ def slow_square(x):
 
 def test_the_pool_queues_what_its_slots_cannot_take_yet():
     """Like any Executor: more tasks than slots wait their turn; a slot holds several students."""
-    pool = workers.Pool([("cpu", 2)])
+    pool = machinery_pool.Pool([("cpu", 2)])
     try:
         futures = [pool.submit(slow_square, i) for i in range(7)]
         assert [f.result(timeout=60) for f in futures] == [i * i for i in range(7)]

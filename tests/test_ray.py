@@ -1,4 +1,4 @@
-"""--ray: the workers as Ray actors (ray_workers.py), on the CPU, with every packet on 127.0.0.1.
+"""--ray: the workers as Ray actors (machinery/ray_pool.py), on the CPU, with every packet on 127.0.0.1.
 
 Ray advertises the machine's external address even when told 127.0.0.1, so every test that starts
 Ray runs inside a private network namespace that it makes here (`unshare -n`, then `ip link set lo up`:
@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import train  # noqa: E402
-import workers  # noqa: E402
+from helpers import worker_settings  # noqa: E402
 
 HAVE_RAY = importlib.util.find_spec("ray") is not None  # not imported: Ray reads RAY_AUTH_MODE at import
 
@@ -155,19 +155,17 @@ def test_no_cluster_at_the_address_is_one_line_at_once(tmp_path):
 def test_a_node_without_the_output_folder_computes_the_lessons_once_for_itself(tmp_path, teacher, monkeypatch):
     """The driver's lessons.pt path does not exist on this 'node': the lessons go to a file of the node's
     own, computed by the first worker and read by the next, and the driver's folder is not made."""
-    monkeypatch.setattr(workers, "STATE", {})
     monkeypatch.setenv("TMPDIR", str(tmp_path / "node-tmp"))
     (tmp_path / "node-tmp").mkdir()
     import tempfile
     monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
     driver = tmp_path / "driver-only" / "search" / "lessons.pt"
-    settings = {"dataset": "digits", "data_dir": None, "split": "search", "val_size": None, "no_kd": False,
-                "teacher": str(teacher), "lessons": str(driver),
-                "lessons_key": {"teacher": "t", "dataset": "digits", "split": "search", "val_size": None}}
-    workers.init_worker("cpu", settings)
-    protocol = train.Protocol(capture=False)
-    first, computed_s = workers.lessons_table(str(driver), protocol)
-    again, loaded_s = workers.lessons_table(str(driver), protocol)
+    settings = worker_settings(no_kd=False, teacher=str(teacher), lessons=str(driver),
+                               lessons_key={"teacher": "t", "dataset": "digits", "split": "search", "val_size": None})
+    worker = train.Worker.load("cpu", settings)
+    protocol = train.Protocol(capture="off")
+    first, computed_s = worker.lessons_table(protocol)
+    again, loaded_s = worker.lessons_table(protocol)
     assert computed_s > 0 and loaded_s == 0.0
     assert again.logits.equal(first.logits)
     assert not driver.parent.exists()

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -16,7 +17,7 @@ SMALL = ["--dataset", "digits", "--min-budget", "1", "--max-budget", "2", "--ite
 
 
 def settings(**changes):
-    return {"seed": 0, "no_kd": False, "max_nodes": 5, "study": 6, **changes}
+    return SimpleNamespace(**{"seed": 0, "no_kd": False, "max_nodes": 5, "study": 6, **changes})
 
 
 def test_the_box_caps_every_level_and_keeps_the_rest_of_nagos_ranges():

@@ -11,9 +11,9 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-import common
+from machinery import files
 import data as D
-import step
+from machinery import capture
 import train as T
 
 
@@ -223,7 +223,7 @@ def test_mit67_official_split_through_a_dataloader(tmp_path):
     assert x.shape == (4, 3, 224, 224) and x.dtype == torch.float32
     torch.manual_seed(0)
     net = Tiny(num_classes=67)
-    result = T.fit(net, final, T.Protocol(epochs=1, batch_size=2), workers=1, log=quiet)
+    result = T.fit(net, final, T.Protocol(epochs=1, batch_size=2), options=T.RunOptions(workers=1, log=quiet))
     assert not result["failed"] and result["eval_split"] == "test"
     search = D.load_data("mit67", tmp_path, "search", val_size=2)
     assert search.test is None and len(search.train) == 3 and len(search.val) == 2
@@ -255,27 +255,28 @@ def test_digits_splits(digits):
 def test_resume_gives_the_same_weights_as_straight(digits, tmp_path):
     """2 epochs, stop, resume for 2 more == 4 epochs straight, bitwise (KD, aux head, drop path)."""
     teacher = model(seed=9)
-    kw = dict(teacher=teacher, tau=3.0, alpha=0.5, seed=3, log=quiet)
+    kd = dict(teacher=teacher, tau=3.0, alpha=0.5)
+    run = T.RunOptions(seed=3, log=quiet)
     four = T.Protocol(epochs=4, cutout=4)
     straight = model(auxiliary=True, drop_path_prob=0.3)
-    r_straight = T.fit(straight, digits, four, **kw)
+    r_straight = T.fit(straight, digits, four, **kd, options=run)
     ckpt = tmp_path / "run.pt"
     first = model(auxiliary=True, drop_path_prob=0.3)
-    T.fit(first, digits, four, save=ckpt, stop_after=2, **kw)
+    T.fit(first, digits, four, **kd, options=dataclasses.replace(run, save=ckpt, stop_after=2))
     assert T.load_checkpoint(ckpt)["epoch"] == 2
     torch.manual_seed(12345)  # a different global RNG state: the checkpoint must restore it
     resumed = model(seed=5, auxiliary=True, drop_path_prob=0.3)  # other initial weights too
-    r_resumed = T.fit(resumed, digits, four, save=ckpt, resume=True, **kw)
+    r_resumed = T.fit(resumed, digits, four, **kd, options=dataclasses.replace(run, save=ckpt, resume=True))
     for (k, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
     assert r_resumed["epochs"] == 4 and r_resumed["accuracy"] == r_straight["accuracy"]
     state = T.load_checkpoint(ckpt)
     assert state["epoch"] == 4 and state["config"]["tau"] == 3.0 and state["versions"]["torch"]
-    with pytest.raises(common.CheckpointError, match="alpha 0.5 there, 0.7 now"):
-        T.fit(model(auxiliary=True, drop_path_prob=0.3), digits, four, save=ckpt, resume=True,
-              **{**kw, "alpha": 0.7})
+    with pytest.raises(files.CheckpointError, match="alpha 0.5 there, 0.7 now"):
+        T.fit(model(auxiliary=True, drop_path_prob=0.3), digits, four, **{**kd, "alpha": 0.7},
+              options=dataclasses.replace(run, save=ckpt, resume=True))
     with pytest.raises(ValueError, match="--resume"):
-        T.fit(model(), digits, four, save=ckpt, log=quiet)
+        T.fit(model(), digits, four, options=dataclasses.replace(run, save=ckpt))
 
 
 def test_cosine_schedule_and_drop_path_ramp(digits):
@@ -283,7 +284,7 @@ def test_cosine_schedule_and_drop_path_ramp(digits):
     seen = []
     forward = net.forward
     net.forward = lambda x: (seen.append(net.drop_path_prob), forward(x))[1]
-    result = T.fit(net, digits, T.Protocol(epochs=4, batch_size=48), log=quiet)
+    result = T.fit(net, digits, T.Protocol(epochs=4, batch_size=48), options=T.RunOptions(log=quiet))
     # lr after each epoch: 0.025 * 48/96 * (1 + cos(pi e / 4)) / 2
     for row in result["history"]:
         expected = 0.0125 * (1 + math.cos(math.pi * row["epoch"] / 4)) / 2
@@ -292,7 +293,7 @@ def test_cosine_schedule_and_drop_path_ramp(digits):
 
 
 def test_training_learns_and_reports(digits):
-    result = T.fit(model(), digits, T.Protocol(epochs=8, batch_size=32, lr=0.2), seed=0, log=quiet)
+    result = T.fit(model(), digits, T.Protocol(epochs=8, batch_size=32, lr=0.2), options=T.RunOptions(seed=0, log=quiet))
     assert not result["failed"] and result["error"] is None and result["epochs"] == 8
     assert result["accuracy"] > 0.6  # chance is 0.1; this 8-channel net reaches about 0.8
     assert result["images_per_s"] > 0 and result["wall_s"] > 0
@@ -300,10 +301,10 @@ def test_training_learns_and_reports(digits):
 
 def test_bf16_autocast_on_cpu(digits):
     result = T.fit(model(), digits, T.Protocol(epochs=1, amp="bf16"), teacher=model(seed=1), alpha=0.5,
-                   log=quiet)
+                   options=T.RunOptions(log=quiet))
     assert not result["failed"] and result["config"]["amp"] == "bf16"
     with pytest.raises(ValueError, match="CUDA"):
-        T.fit(model(), digits, T.Protocol(epochs=1, amp="fp16"), log=quiet)
+        T.fit(model(), digits, T.Protocol(epochs=1, amp="fp16"), options=T.RunOptions(log=quiet))
 
 
 def test_score_matches_a_plain_forward(digits):
@@ -321,31 +322,31 @@ class NaNNet(Tiny):
 
 
 def test_nan_loss_is_a_failed_run_not_a_crash(digits):
-    result = T.fit(NaNNet(), digits, T.Protocol(epochs=3), log=quiet)
+    result = T.fit(NaNNet(), digits, T.Protocol(epochs=3), options=T.RunOptions(log=quiet))
     assert result["failed"] and result["accuracy"] is None and "nan" in result["error"]
     assert result["epochs"] == 0
 
 
 def test_teacher_with_other_classes_is_refused(digits):
     with pytest.raises(ValueError, match="same data set"):
-        T.fit(model(), digits, T.Protocol(epochs=1), teacher=Tiny(num_classes=100), alpha=0.5, log=quiet)
-    with pytest.raises(ValueError, match="needs a teacher"):
-        T.fit(model(), digits, T.Protocol(epochs=1), alpha=0.5, log=quiet)
+        T.fit(model(), digits, T.Protocol(epochs=1), teacher=Tiny(num_classes=100), alpha=0.5, options=T.RunOptions(log=quiet))
+    with pytest.raises(ValueError, match="needs --teacher"):
+        T.fit(model(), digits, T.Protocol(epochs=1), alpha=0.5, options=T.RunOptions(log=quiet))
 
 
 def test_corrupt_checkpoint_is_one_sentence(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(common.CheckpointError, match="not a readable checkpoint"):
+    with pytest.raises(files.CheckpointError, match="not a readable checkpoint"):
         T.load_checkpoint(bad)
     torch.save({"x": torch.zeros(1)}, bad)
-    with pytest.raises(common.CheckpointError, match="not a train.py checkpoint"):
+    with pytest.raises(files.CheckpointError, match="not a train.py checkpoint"):
         T.load_checkpoint(bad)
 
 
 def test_checkpoint_write_is_atomic(tmp_path):
     path = tmp_path / "c.pt"
-    common.save_checkpoint(path, {"model": {}, "epoch": 1, "config": {}})
+    files.save_checkpoint(path, {"model": {}, "epoch": 1, "config": {}})
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]  # no temporary file left behind
     assert T.load_checkpoint(path)["epoch"] == 1
 
@@ -398,7 +399,7 @@ def test_sgd_matches_torch_sgd():
     b = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).double()
     b.load_state_dict(a.state_dict())
     lr = torch.tensor(0.1, dtype=torch.float64)
-    ours = step.SGD(a.parameters(), lr, momentum=0.9, weight_decay=3e-4)
+    ours = capture.SGD(a.parameters(), lr, momentum=0.9, weight_decay=3e-4)
     ref = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4, foreach=False)
     x = torch.randn(16, 6, dtype=torch.float64)
     for i in range(5):
@@ -416,7 +417,7 @@ def test_shared_exclusive_lock_lets_a_recording_go_first():
     """Steps share the lock; a recording waits for the running step, runs alone, and a step that
     comes while the recording waits goes after it."""
     import threading
-    lock, order = step.SharedExclusiveLock(), []
+    lock, order = capture.SharedExclusiveLock(), []
     step_running, release_step, release_recording = threading.Event(), threading.Event(), threading.Event()
     recording_running = threading.Event()
 
@@ -464,8 +465,7 @@ def test_a_failed_recording_is_said_once_and_trains_like_eager(digits, capsys):
     runs = []
     for capture in (False, True):
         net = model(seed=2)
-        run = T.setup(net, data, T.Protocol(epochs=2, batch_size=64), None, T.TAU, 0.0, torch.device("cpu"), 0,
-                      None, 0)
+        run = T.setup(net, data, T.Protocol(epochs=2, batch_size=64), None, T.TAU, 0.0, T.RunOptions(workers=0))
         run.step.can_capture = capture
         losses = [T.train_epoch(run, data.generator(0))[0] for _ in range(2)]
         runs.append((losses, [p.detach().clone() for p in net.parameters()], run.step.failure))

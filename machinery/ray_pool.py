@@ -1,35 +1,16 @@
-"""The workers of workers.py as Ray actors, so that one search or retraining spreads over many machines.
+"""The workers of pool.py as Ray actors, so that one search or retraining spreads over many machines.
 
-    export RAY_AUTH_MODE=token                        # everywhere, with the cluster's ~/.ray/auth_token
-    ray start --head --port=6379                      # on one node
+    ray start --head --port=6379                      # on one node (docs/many-machines.md: the token, SLURM)
     ray start --address=HEAD:6379                     # on each of the others
     python search.py --dataset cifar10 --teacher teacher.pt --ray HEAD:6379
 
-(README, "Many machines (Ray)": the token, a SLURM batch script.)
-
-`--ray ADDRESS` on search.py and retrain.py makes RayPool instead of workers.Pool: the same
-concurrent.futures executor (submit, shutdown, size) over one actor per slot, placed by Ray's GPU
-scheduling: one actor per GPU (num_gpus=1) running --workers-per-gpu students as threads on their own
-CUDA streams (max_concurrency), exactly like a local worker process. Interpretation: the alternative,
-fractional num_gpus (1/N of a GPU per actor), makes N processes per GPU, which time-slice unless
-NVIDIA MPS runs, where threads of one process overlap without it (workers.py). On a cluster without
-GPUs: --workers actors of one CPU and one student each. Each actor runs workers.init_worker once (the data set and the teacher into
-workers.STATE). BOHB, the log and best.json stay with the driver (the process running search.py), so
-logging and resume are those of one machine.
-
-Interpretation (files on the nodes): every node reads the data set, the teacher checkpoint and this
-code at the paths the driver uses: a shared filesystem, as SLURM clusters have, or the same copies on
-every node (a container image and a mounted volume on Kubernetes). The alternative, the data set sent
-once through Ray's object store, would not carry ImageNet or MIT67, which are read from their image
-folders while training. A node without them fails before the first evaluation with one line that
-names it. The teacher's lessons go where each node can put them (workers.lessons_file).
-
-Faults: an actor that dies (killed, its node lost, a CUDA error that takes the process down) fails
-the evaluations it was running, which BOHB logs as failures and never runs again; Ray does not retry
-them (max_task_retries=0, max_restarts=0); a new actor takes the slot. An actor that cannot start
-stops the search with one line naming its node, once the evaluations in flight are logged. A lost
-driver takes its actors with it (Ray ends a job's actors with its driver); run the same command again
-to resume from the log.
+RayPool is pool.Pool's executor over one actor per slot, placed by Ray's GPU scheduling: one actor per
+GPU running --workers-per-gpu students as threads on their own CUDA streams, exactly like a local worker
+process. Interpretation: fractional num_gpus (N processes per GPU) would time-slice without NVIDIA MPS.
+BOHB, the log and best.json stay with the driver, so logging and resume are those of one machine.
+Interpretation (files on the nodes): every node reads the data, the teacher and this code at the
+driver's paths (a shared filesystem); a node without them fails before the first evaluation, named.
+Faults: a dead actor fails its evaluations in flight and a new actor takes the slot; Ray retries nothing.
 """
 import concurrent.futures as cf
 import logging
@@ -41,15 +22,15 @@ import threading
 
 import torch
 
-import common
-import workers
+from machinery import cli
+from machinery import executor
 
 FILES_HINT = ("every node needs this code, the data set and the teacher at the paths the driver uses "
               "(a shared filesystem, or the same copies on every node)")
 WAIT_S = 60  # say after this long that actors wait for Ray to place them (busy or missing GPUs)
 
 
-class NodeError(common.UserError, RuntimeError):
+class NodeError(cli.UserError, RuntimeError):
     """An actor could not start on its node: one line for the user (a UserError) and, to bohb.run, a
     pool that refuses work (a RuntimeError), so that it logs the evaluations in flight and stops."""
 
@@ -62,29 +43,29 @@ def connect(address):
     try:
         import ray
     except ImportError:
-        raise common.UserError('--ray needs Ray, an optional dependency: pip install "ray[default]"') from None
+        raise cli.UserError('--ray needs Ray, an optional dependency: pip install "ray[default]"') from None
     if not ray.is_initialized():
         host, _, port = address.rpartition(":")
         if host and port.isdigit():  # fail in seconds: Ray itself retries an absent head for minutes
             try:
                 socket.create_connection((host, int(port)), timeout=10).close()
             except OSError as e:
-                raise common.UserError(f"no Ray cluster answers at {address} ({e.strerror or e}): start one "
+                raise cli.UserError(f"no Ray cluster answers at {address} ({e.strerror or e}): start one "
                                        f"there with `ray start --head --port={port}`, or correct --ray.") from None
         try:
             ray.init(address=address, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as e:
-            full = common.describe(e.__cause__ or e)
+            full = cli.describe(e.__cause__ or e)
             cause = full.split(". ")[0]
             hint = (" The cluster uses token authentication: give this process its token (RAY_AUTH_MODE=token, "
                     "and ~/.ray/auth_token or RAY_AUTH_TOKEN as on the nodes)." if "authtoken" in full.lower().replace(
                         " ", "").replace("_", "") else "")
-            raise common.UserError(f"cannot join the Ray cluster at {address}: {cause}.{hint}") from None
+            raise cli.UserError(f"cannot join the Ray cluster at {address}: {cause}.{hint}") from None
     return ray.cluster_resources()
 
 
 def slots(address, gpus, workers_, workers_per_gpu):
-    """workers.slots on the cluster at `address`: [("cuda", students at once)] per GPU (--gpus N, by
+    """pool.slots on the cluster at `address`: [("cuda", students at once)] per GPU (--gpus N, by
     default every GPU the cluster has now), else [("cpu", 1)] per CPU worker. Asking for more than the
     cluster has now is allowed: nodes may still be joining (a batch job's), and the actors wait for them."""
     resources = connect(address)
@@ -108,23 +89,23 @@ def summary(error):
 
 
 # ----------------------------------------------------------------------------------------------------
-# One actor: a worker process of workers.py, on whichever node Ray places it
+# One actor: a worker process of pool.py, on whichever node Ray places it
 
 class Actor:
     """init(device, *initargs) once, then evaluations, up to max_concurrency at once, each in a thread
-    of its own on its own CUDA stream (workers.perform)."""
+    of its own on its own CUDA stream (executor.perform)."""
 
     def __init__(self, device, init, initargs):
         import ray
         self.node = f"{ray.util.get_node_ip_address()} ({socket.gethostname()})"
         self.device = "cuda:0" if device == "cuda" else device  # Ray shows an actor its own GPU only
         torch.set_num_threads(1)  # the one CPU the actor holds; a GPU student needs no more
-        self.error = None
+        self.error, self.worker = None, None
         try:
             if init is not None:
-                init(self.device, *initargs)
+                self.worker = init(self.device, *initargs)
         except Exception as error:  # noqa: BLE001 (reported by ready(), before any task is sent)
-            self.error = f"node {self.node} could not start its worker: {common.describe(error)}"
+            self.error = f"node {self.node} could not start its worker: {cli.describe(error)}"
 
     def ready(self):
         return self.node, self.error
@@ -134,14 +115,14 @@ class Actor:
         threading.Event().wait()
 
     def run(self, fn, args, kwargs):
-        return workers.perform(self.device, fn, args, kwargs)
+        return executor.perform(self.device, fn, args, kwargs, self.worker)
 
 
 # ----------------------------------------------------------------------------------------------------
 # The pool (driver side)
 
-class RayPool(workers.Executor):
-    """workers.Pool's interface over Ray actors, one per slot [(device, n)] of `slots`; waits until
+class RayPool(executor.Executor):
+    """pool.Pool's interface over Ray actors, one per slot [(device, n)] of `slots`; waits until
     every actor has run init(device, *initargs), or raises a NodeError naming the node that could not."""
 
     def __init__(self, slots, init=None, initargs=()):
@@ -231,7 +212,7 @@ class RayPool(workers.Executor):
             self.changed.notify_all()
         if error is not None:
             self.kill(actor)
-        workers.settle(failed)
+        executor.settle(failed)
 
     def died(self, worker, actor, error):
         """An actor died: its evaluations in flight fail, and a new actor takes the slot; or it died
@@ -247,7 +228,7 @@ class RayPool(workers.Executor):
             node = re.search(r"\bip=([0-9a-fA-F.:]+)", str(error))  # Ray's message names the node's address
             where = f"on node {node.group(1)}" if node else f"for {worker.device}"
             return self.opened(worker, actor, None, f"the Ray actor {where} died while starting ({summary(error)})")
-        lost = workers.WorkerDied(f"the Ray actor on {worker.node} died ({summary(error)}); its evaluations "
+        lost = executor.WorkerDied(f"the Ray actor on {worker.node} died ({summary(error)}); its evaluations "
                                   "in flight failed")
         if self.lost(worker, actor, lost):
             with self.lock:

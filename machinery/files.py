@@ -1,0 +1,170 @@
+"""Files every stage reads and writes: JSON and JSON-lines logs with errors that name the file,
+atomic writes that honour the umask, checkpoints read with weights_only=True, the resume check, and
+the provenance (package versions, code commit) stored with every result."""
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from machinery.cli import UserError
+
+UMASK = os.umask(0o022)
+os.umask(UMASK)  # read once, at import, in the main thread
+
+
+# ----------------------------------------------------------------------------------------------------
+# Files: JSON, JSON lines, atomic writes, checkpoints
+
+def read_json(text, what):
+    """A JSON value given inline ('{...}') or as a file name; one sentence naming the file if not."""
+    if text.lstrip().startswith(("{", "[")):
+        source, where = text, f"{what} (inline JSON)"
+    else:
+        where = f"{what} file {text}"
+        try:
+            source = Path(text).read_text()
+        except IsADirectoryError:
+            raise UserError(f"{where} is a folder; give a JSON file.") from None
+        except UnicodeDecodeError:
+            raise UserError(f"{where} is not a text file; give a JSON file.") from None
+        except OSError as e:
+            raise UserError(f"cannot read {where}: {e.strerror}.") from None
+    try:
+        return json.loads(source)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{where} is not valid JSON ({e.msg} at line {e.lineno}).") from None
+
+
+def read_jsonl(path):
+    """(records, whole) of a JSON-lines log: a last line cut short by a kill mid-write is ignored
+    (`whole` is the byte length of the whole lines; a writer truncates there before appending; a
+    reader never writes). A damaged line elsewhere is a UserError naming the file and line."""
+    path = Path(path)
+    if not path.exists():
+        return [], 0
+    data = path.read_bytes()
+    whole = data.rfind(b"\n") + 1
+    records = []
+    for number, line in enumerate(data[:whole].split(b"\n")[:-1], 1):
+        try:
+            records.append(json.loads(line))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise UserError(f"{path} line {number} is not JSON: the log is only ever appended to, so "
+                            "restore it or start a new output folder.") from None
+    return records, whole
+
+
+def open_log(path, whole):
+    """Open a JSON-lines log for appending after its `whole` lines (drops a torn last line)."""
+    f = open(path, "ab")
+    f.truncate(whole)
+    return f
+
+
+def append_jsonl(f, record, default=None):
+    """Append one record and make it durable before anything else happens."""
+    f.write((json.dumps(record, default=default) + "\n").encode())
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def write_atomic(path, write):
+    """Call write(file) on a temporary file beside `path`, then rename it over `path`: a kill never
+    leaves half a file, and the file gets the umask's mode like any other (not tempfile's 0600)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
+                                     delete=False) as f:
+        try:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        except BaseException:
+            os.unlink(f.name)
+            raise
+    os.chmod(f.name, 0o666 & ~UMASK)
+    os.replace(f.name, path)
+
+
+def write_json(path, obj):
+    write_atomic(path, lambda f: f.write((json.dumps(obj, indent=1) + "\n").encode()))
+
+
+def check_writable(path, what):
+    """Fail now, before any training, if `path` cannot be written (its folder is made if needed)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder; give a file name, e.g. {path / 'run.pt'}.")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as e:
+        raise UserError(f"cannot write {what} {path}: {e.strerror}; choose a writable place.") from None
+
+
+class CheckpointError(UserError):
+    """A checkpoint file that cannot be used; the message names the file and the fix."""
+
+
+def save_checkpoint(path, state):
+    write_atomic(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path, map_location="cpu", what="checkpoint"):
+    """A dict saved by save_checkpoint, read with weights_only=True (tensors and plain Python only:
+    a pickle payload is refused), or a CheckpointError that names the file."""
+    if not Path(path).is_file():
+        raise CheckpointError(f"{what} {path} not found; check the path.")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises pickle, zip, EOF and runtime errors for damaged files
+        raise CheckpointError(f"{path} is not a readable {what} ({type(e).__name__}); it is damaged "
+                              f"or not from train.py: delete it or give another.") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a {what} written by train.py.")
+    return state
+
+
+def check_resume(old, new, keys, where, fix="re-run with the same flags to resume it, or give another --out",
+                 error=UserError):
+    """An `error` naming the settings (among `keys`) in which `new` differs from `old`."""
+    differ = [key for key in keys if old.get(key) != new.get(key)]
+    if differ:
+        def short(value):
+            text = json.dumps(value, default=str)
+            return text if len(text) <= 60 else text[:57] + "..."
+        changes = "; ".join(f"{key} {short(old.get(key))} there, {short(new.get(key))} now" for key in differ)
+        raise error(f"{where} was made with other settings ({changes}): {fix}.")
+
+
+def absolute(path):
+    """A path as an absolute one, so that a folder resumed under another spelling is the same."""
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
+def file_digest(path):
+    """The SHA-1 of a file's bytes: what a cached result was computed from."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Provenance
+
+def versions():
+    """Package versions and the code's git commit, stored with every result."""
+    try:
+        commit = subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"],
+                                capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except OSError:
+        commit = None
+    return {"torch": str(torch.__version__), "python": sys.version.split()[0], "autokd": commit}

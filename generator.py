@@ -26,6 +26,7 @@ Run it:
 It prints the graph sizes per level, the chosen width, parameters (at most 4.0 M for 32 px images),
 MACs and activation memory per sample, and draws the three levels like the paper's Fig. 5
 (`python bench/generator_speed.py` times sampling, building and training steps; bench/RESULTS.md).
+`--stages nago` splits the cells into stages by NAGO's released rule instead of evenly (stages_of).
 """
 
 import sys
@@ -54,6 +55,7 @@ SPACE = {
     "bottom_p": (float, 0.1, 1.0),
 }
 STAGE_RATIOS = (1, 2, 4)  # widths of the three stages, relative to the base width C
+STAGE_RULES = ("even", "nago")  # how the cells are split into stages (stages_of); search/train/retrain's --stages
 HEAD_WIDTH = 1280
 SMALL_IMAGE = 40  # below this many pixels the stem keeps full resolution (CIFAR); above, it divides by 4
 
@@ -112,18 +114,34 @@ def to_dag(g):
             "outputs": [v for v in range(n) if v not in has_succ]}
 
 
-def stages_of(n):
-    """Interpretation (stages): the top-level nodes are split into three consecutive stages of as
-    near equal size as possible (10 cells -> 4, 3, 3). The released NAGO configuration collapses
-    networks of more than 3 cells into one stage; the paper describes three, so we split evenly."""
+def stages_of(n, rule="even"):
+    """The stage (0, 1, 2: image / 1, / 2, / 4; widths C, 2C, 4C) of each of n top-level cells.
+
+    even  Interpretation (stages): three consecutive stages of as near equal size as possible
+          (10 cells -> 4, 3, 3). Neither the AutoKD nor the NAGO paper states a stage rule.
+    nago  NAGO's released configuration: get_stage_list (logical_graph.py) with stage ratios 1.0,
+          1.0, 1.0. Three cells take a stage each; otherwise a cell moves to the next stage once its
+          index reaches a running threshold that starts at ratio · n = n, which no index reaches: a
+          network of more than 3 cells is one stage at full resolution and width C.
+    """
+    if rule == "nago":
+        return [0, 1, 2] if n == 3 else [0] * n
     return [stage for stage, chunk in enumerate(np.array_split(np.arange(n), 3)) for _ in chunk]
 
 
-def sample(theta, seed, image_size=32, num_classes=10, max_params=None):
+def stages_rule(arch):
+    """The stage rule an architecture was sampled with; files from before the rule was recorded: even."""
+    return arch.get("stages_rule", "even")
+
+
+def sample(theta, seed, image_size=32, num_classes=10, max_params=None, *, stages="even"):
     """Sample the architecture data of one network from G(θ), the first step of f_KD(θ, b) (Alg. 1
     line 7; train.f_kd). The same (θ, seed) gives the same graphs on every machine; every cell and
-    every module draws its own graph. The base width is the largest within the parameter limit."""
+    every module draws its own graph. `stages` is the stage rule (STAGE_RULES, stages_of). The base
+    width is the largest within the parameter limit."""
     theta = check_theta(theta)
+    if stages not in STAGE_RULES:
+        raise ValueError(f"unknown stage rule {stages!r}: choose one of {', '.join(STAGE_RULES)}")
     if max_params is None:
         max_params = default_max_params(image_size)
     top = to_dag(random_graph("ws", theta["top_nodes"], seed, (0,), theta["top_k"], theta["top_p"]))
@@ -134,10 +152,11 @@ def sample(theta, seed, image_size=32, num_classes=10, max_params=None):
                                        theta["bottom_k"], theta["bottom_p"]))
                    for m in range(theta["mid_nodes"])]
         cells.append({"graph": mid, "modules": modules})
-    for cell, stage in zip(cells, stages_of(theta["top_nodes"])):
+    for cell, stage in zip(cells, stages_of(theta["top_nodes"], stages)):
         cell["stage"] = stage
     arch = {"theta": theta, "seed": int(seed), "image_size": int(image_size), "num_classes": int(num_classes),
-            "max_params": int(max_params), "stage_ratios": list(STAGE_RATIOS), "top": top, "cells": cells}
+            "max_params": int(max_params), "stages_rule": stages, "stage_ratios": list(STAGE_RATIOS),
+            "top": top, "cells": cells}
     arch["width"], arch["params"] = choose_width(arch)
     return arch
 
@@ -433,12 +452,13 @@ def summary(arch, model, seconds):
     mids = [c["graph"] for c in arch["cells"]]
     bottoms = [m for c in arch["cells"] for m in c["modules"]]
     stats = profile(model, arch["image_size"])
+    used = sorted({c["stage"] for c in arch["cells"]})
     lines = [
         f"top     {top['nodes']} cells, {len(top['edges'])} edges, stages "
-        f"{[sum(c['stage'] == s for c in arch['cells']) for s in range(3)]}",
+        f"{[sum(c['stage'] == s for c in arch['cells']) for s in range(3)]} ({stages_rule(arch)} rule)",
         f"mid     {sum(g['nodes'] for g in mids)} modules, {sum(len(g['edges']) for g in mids)} edges",
         f"bottom  {sum(g['nodes'] for g in bottoms)} units, {sum(len(g['edges']) for g in bottoms)} edges",
-        f"width   C = {arch['width']} (stages {', '.join(str(arch['width'] * r) for r in arch['stage_ratios'])})",
+        f"width   C = {arch['width']} (stages {', '.join(str(arch['width'] * arch['stage_ratios'][s]) for s in used)})",
         f"params  {stats['params']:,} (limit {arch['max_params']:,})",
         f"MACs    {stats['macs'] / 1e6:,.1f} M per {arch['image_size']} px image",
         f"memory  {stats['memory_mb']:.2f} MiB activations per image (inference, CPU)",
@@ -459,18 +479,25 @@ def main(argv=None):
     parser.add_argument("--num-classes", type=common.positive_int, default=10, help="classes of the data set")
     parser.add_argument("--max-params", type=common.positive_int, default=None,
                         help="parameter limit (default: 4.0e6 below 40 px, 6.0e6 above, paper Sec. 4)")
+    parser.add_argument("--stages", choices=STAGE_RULES, default=None,
+                        help="how the cells are split into stages: even (default; three stages of as near "
+                             "equal size, an interpretation) or nago (NAGO's released rule: one stage at full "
+                             "resolution unless there are exactly 3 cells)")
     parser.add_argument("--save", help="write the architecture data to this JSON file")
     parser.add_argument("--draw", help="draw the three graph levels to this image file (needs matplotlib)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     if args.arch:
+        if args.stages:
+            raise common.UserError("--stages applies to --theta; an --arch file keeps the rule it was sampled with")
         arch = common.read_json(args.arch, "--arch")
         if not isinstance(arch, dict) or not {"top", "cells", "width"} <= set(arch):
             raise common.UserError(f"{args.arch} is not an architecture file written by generator.py --save.")
     else:
         if args.image_size < 8 or args.num_classes < 2:
             raise common.UserError("--image-size must be at least 8 and --num-classes at least 2.")
-        arch = sample(read_theta(args.theta), args.seed, args.image_size, args.num_classes, args.max_params)
+        arch = sample(read_theta(args.theta), args.seed, args.image_size, args.num_classes, args.max_params,
+                      stages=args.stages or "even")
     model = build(arch)
     print(summary(arch, model, time.perf_counter() - start))
     if args.save:

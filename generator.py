@@ -37,10 +37,12 @@ import networkx as nx
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 import common
+from teachers.darts import AuxiliaryHead as DARTSAuxiliaryHead, ScheduledDropPath, drop_path
 
 # The eight searched hyperparameters, (type, low, high), ranges of NAGO's released configuration.
 # bohb.py reads this; search.py joins it with kd_loss.SPACE.
@@ -241,12 +243,15 @@ class DAG(nn.Module):
     edge, w initialised to 1, as in randomly wired networks), computed as one batched product rather
     than a Python loop of adds. `edges` maps an edge (u, v), with u = "in" for the graph input and
     v = "out" for the output average, to the module that changes its resolution and width; an edge
-    in `projected` goes through a 1x1 conv and, as in NAGO, joins the sum without a weight.
+    in `projected` goes through a 1x1 conv and, as in NAGO, joins the sum without a weight. A DAG
+    built with `drop_inputs` (a module's graph of units) applies drop path to the inputs of such a
+    node when forward is given a probability (see Network).
     """
 
-    def __init__(self, graph, nodes, edges=None, projected=()):
+    def __init__(self, graph, nodes, edges=None, projected=(), drop_inputs=False):
         super().__init__()
         n = graph["nodes"]
+        self.drop_inputs = drop_inputs
         self.nodes = nn.ModuleList(nodes)
         self.inputs, self.outputs = set(graph["inputs"]), list(graph["outputs"])
         # each node's inputs, the weighted ones first, then the projected ones
@@ -264,7 +269,9 @@ class DAG(nn.Module):
         key = f"{u}->{v}"
         return self.edges[key](x) if key in self.edges else x
 
-    def forward(self, x):
+    def forward(self, x, drop_prob=None, tap=None):
+        """The graph's output. drop_prob: a 0-dim tensor (training only), passed on to the nested
+        DAGs. tap: a node id; then (output, the input that node received)."""
         outs = {}
         for v, node in enumerate(self.nodes):
             if v in self.inputs:
@@ -273,29 +280,45 @@ class DAG(nn.Module):
                 h = self.adapt(outs[self.preds[v][0]], self.preds[v][0], v)
             else:
                 xs = torch.stack([self.adapt(outs[u], u, v) for u in self.preds[v]])  # (k, B, C, H, W)
+                if drop_prob is not None and self.drop_inputs:  # each input of each sample on its own
+                    xs = drop_path(xs.flatten(0, 1), drop_prob).unflatten(0, xs.shape[:2])  # (k, B, C, H, W)
                 w = torch.sigmoid(self.edge_w[str(v)]).to(xs.dtype)
                 if self.unweighted[v]:
                     w = torch.cat([w, w.new_ones(self.unweighted[v])])  # (k,)
                 h = torch.tensordot(w, xs, dims=1)  # (B, C, H, W)
-            outs[v] = node(h)
+            if v == tap:
+                tapped = h
+            outs[v] = node(h, drop_prob) if isinstance(node, DAG) else node(h)
             for u in self.preds[v]:
                 if self.last_use[u] == v:
                     del outs[u]
         ys = torch.stack([self.adapt(outs[o], o, "out") for o in self.outputs])  # (n_out, B, C, H, W)
-        return ys.mean(0)
+        return ys.mean(0) if tap is None else (ys.mean(0), tapped)
 
 
-class Network(nn.Module):
-    """Stem -> top-level DAG of cells (three stages, widths C, 2C, 4C) -> head, wired as NAGO's
+class Network(ScheduledDropPath, nn.Module):
+    """Stem -> top-level DAG of cells (stages of widths C, 2C, 4C) -> head, wired as NAGO's
     released code wires them. A cell reads its inputs at the width of its last (highest-id, so
     latest-stage) input, or the stem's C; its other inputs of another width are projected to that by
     a 1x1 conv; its first units convert it to the cell's own width. Every input is average-pooled to
     the cell's resolution (NAGO pools adaptively: the same wherever the size divides, as it does for
     every data set here). The output cells are pooled to the last stage, projected to its width
-    where theirs differs, and averaged."""
+    where theirs differs, and averaged.
 
-    def __init__(self, arch):
+    Options for training, as NAGO's layer.py can attach them (its search attaches neither):
+    auxiliary  NAGO's auxiliary head on the input of the first cell of the third stage (about 2/3 of
+               the depth under the even rule; the nago rule gives only networks of 3 cells a third
+               stage, and the others none, as in NAGO). Training mode then returns (logits,
+               aux_logits), like the DARTS teacher.
+    drop path  on the inputs of every operation unit with several inputs, as NAGO's OpNode places
+               it. Interpretation: DARTS's drop path (per sample, survivors scaled by 1 / (1 - p),
+               training only), ramped by train.fit through `drop_path_prob`. NAGO drops whole inputs
+               for the batch, keeps one, does not rescale, and as released never drops (OpNode is
+               built without the probability and keeps every input in training mode)."""
+
+    def __init__(self, arch, auxiliary=False, drop_path_prob=0.0):
         super().__init__()
+        self.init_drop_path(drop_path_prob or None)  # None: no drop path, and train.fit ramps none
         c, ratios, top = arch["width"], arch["stage_ratios"], arch["top"]
         stages = [cell["stage"] for cell in arch["cells"]]
         widths = [c * ratios[s] for s in stages]  # the last cell is in the last stage
@@ -312,27 +335,57 @@ class Network(nn.Module):
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(widths[-1], HEAD_WIDTH, 1, bias=False),
                                   nn.BatchNorm2d(HEAD_WIDTH), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                   nn.Dropout(0.2), nn.Linear(HEAD_WIDTH, arch["num_classes"]))
+        initialise(self)
+        # built last, so that the rest draws the same initial weights with and without it
+        self.aux_cell = stages.index(2) if auxiliary and 2 in stages else None
+        self.auxiliary_head = (None if self.aux_cell is None else
+                               initialise(AuxiliaryHead(reads[self.aux_cell], arch["num_classes"])))
 
-    def forward(self, x):  # (B, 3, H, W) -> (B, num_classes)
-        return self.head(self.cells(self.stem(x)))
+    def forward(self, x):  # (B, 3, H, W) -> (B, num_classes), or (logits, aux_logits) each (B, num_classes)
+        drop_prob = self._drop_path_prob if self.training and self.drop_path_prob is not None else None
+        if not self.training or self.auxiliary_head is None:
+            return self.head(self.cells(self.stem(x), drop_prob))
+        y, tapped = self.cells(self.stem(x), drop_prob, tap=self.aux_cell)
+        return self.head(y), self.auxiliary_head(tapped)
+
+
+class AuxiliaryHead(DARTSAuxiliaryHead):
+    """NAGO's auxiliary classifier (zeus/networks/pytorch/heads/auxiliary_head.py): ReLU, average
+    pool to 2x2 in non-overlapping windows (4x4 at 8 px, 7x7 at 14 px), then DARTS's layers (1x1
+    conv to 128, BN, ReLU, 2x2 conv to 768, BN, ReLU, linear); DARTS pools 8 px in overlapping 5x5
+    windows at stride 3. Its parameters are for training only: not counted in the limit."""
+
+    def forward(self, x):  # (B, c, H, W)
+        x = F.adaptive_avg_pool2d(F.relu(x), 2)  # (B, c, 2, 2)
+        return self.classifier(self.features(x).flatten(1))  # (B, 768) -> (B, num_classes)
 
 
 def cell_module(cell, c_in, c):
     """A cell of width c that reads width c_in: the input units of its input modules convert it."""
     graph = cell["graph"]
     return DAG(graph, [DAG(m, [unit(c_in if i in graph["inputs"] and u in m["inputs"] else c, c)
-                               for u in range(m["nodes"])]) for i, m in enumerate(cell["modules"])])
+                               for u in range(m["nodes"])], drop_inputs=True)
+                       for i, m in enumerate(cell["modules"])])
 
 
-def build(arch):
-    """The torch.nn.Module of an architecture sampled by `sample` (or loaded from its JSON), with
-    NAGO's initialisation: every conv Kaiming-normal (fan_out, ReLU gain); BatchNorm (weight 1, bias
-    0), the classifier and conv biases keep PyTorch's. (PyTorch's own conv init is 2.4 times smaller.)"""
-    model = Network(arch)
-    for m in model.modules():
+def initialise(module):
+    """NAGO's initialisation: every conv Kaiming-normal (fan_out, ReLU gain); BatchNorm (weight 1,
+    bias 0), the classifier and conv biases keep PyTorch's. (PyTorch's own conv init is 2.4 times
+    smaller.)"""
+    for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-    return model
+    return module
+
+
+def build(arch, auxiliary=False, drop_path_prob=0.0):
+    """The torch.nn.Module of an architecture sampled by `sample` (or loaded from its JSON), with
+    NAGO's initialisation (initialise). auxiliary, drop_path_prob: training options (Network), off
+    by default. The auxiliary head's parameters are not counted in arch["params"] nor the limit, as
+    NAGO and DARTS leave it out of the reported size (profile leaves it out too); drop path has none."""
+    if not 0.0 <= drop_path_prob < 1.0:
+        raise ValueError(f"drop_path_prob must be in [0, 1), not {drop_path_prob}")
+    return Network(arch, auxiliary, drop_path_prob)
 
 
 # ----------------------------------------------------------------------------------------------

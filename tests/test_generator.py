@@ -415,6 +415,119 @@ def test_unknown_stage_rule_is_refused():
         G.sample(MIN, 0, stages="three")
 
 
+# ---------------------------------------------------------------------------------------------- training options
+
+def without_dropout(model):
+    """Train mode (batch statistics, drop path) without the head's dropout, so that only drop path draws."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.eval()
+    return model
+
+
+def test_auxiliary_head_gives_logits_in_training_and_is_left_out_in_eval():
+    arch = G.sample(MIN, seed=0, num_classes=7)
+    model = G.build(arch, auxiliary=True)
+    logits, aux = model.train()(torch.randn(2, 3, 32, 32))
+    assert logits.shape == aux.shape == (2, 7)
+    (logits.sum() + aux.sum()).backward()
+    assert all(p.grad is not None for p in model.auxiliary_head.parameters())
+    assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+
+
+def test_auxiliary_head_reads_the_input_of_the_first_cell_of_the_third_stage():
+    """Cells 0 -> 1 -> 2 and 0 -> 2 in stages 0, 1, 2 (widths 4, 8, 16, 16 px): NAGO's head reads
+    what cell 2 receives, 8 channels (cell 1's width) at 4 px, pooled to 2x2."""
+    top = {"nodes": 3, "edges": [[0, 1], [0, 2], [1, 2]], "inputs": [0], "outputs": [2]}
+    model = G.build(one_unit_cells(top, [0, 1, 2]), auxiliary=True).train()
+    assert model.auxiliary_head.features[0].in_channels == 8
+    seen = {}
+    model.cells.nodes[2].register_forward_hook(lambda m, inp, out: seen.update(cell=inp[0]))
+    model.auxiliary_head.register_forward_hook(lambda m, inp, out: seen.update(aux=inp[0]))
+    model(torch.randn(2, 3, 16, 16))
+    assert seen["cell"].shape == (2, 8, 4, 4) and torch.equal(seen["aux"], seen["cell"])
+
+
+def test_auxiliary_head_is_not_counted_in_the_parameter_limit():
+    """As NAGO and DARTS report sizes: arch["params"] and profile leave the head out; the module has
+    c·128 + 2·128 (1x1 conv, BN) + 128·768·4 + 2·768 (2x2 conv, BN) + 768·K + K (linear) more,
+    where c is the width the first stage-2 cell reads."""
+    arch = G.sample(MID, seed=0)
+    model = G.build(arch, auxiliary=True)
+    c, k = model.auxiliary_head.features[0].in_channels, arch["num_classes"]
+    assert c in (arch["width"] * 2, arch["width"] * 4)
+    head = c * 128 + 2 * 128 + 128 * 768 * 4 + 2 * 768 + 768 * k + k
+    assert sum(p.numel() for p in model.parameters()) == arch["params"] + head
+    assert G.profile(model, 32, batch_size=1)["params"] == arch["params"] <= arch["max_params"]
+
+
+def test_nago_rule_above_three_cells_has_no_third_stage_and_so_no_auxiliary_head():
+    model = G.build(G.sample({**MIN, "top_nodes": 4}, seed=0, stages="nago"), auxiliary=True)
+    assert model.auxiliary_head is None
+    assert model.train()(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+    assert G.build(G.sample(MIN, seed=0, stages="nago"), auxiliary=True).auxiliary_head is not None
+
+
+def test_training_options_off_leave_the_network_as_it_was():
+    """Off (the default): no drop path for train.fit to ramp, no head, the same weights and outputs;
+    on, the network's own weights and eval outputs are unchanged too (the head is built last)."""
+    arch = G.sample(MIN, seed=1)
+    plain = G.build(arch)
+    assert plain.drop_path_prob is None and plain.auxiliary_head is None
+    assert sum(p.numel() for p in plain.parameters()) == arch["params"]
+    assert [name for name, _ in plain.named_buffers() if "drop" in name] == []
+    torch.manual_seed(0)
+    plain = G.build(arch).eval()
+    torch.manual_seed(0)
+    both = G.build(arch, auxiliary=True, drop_path_prob=0.3).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(plain(x), both(x))
+        without_dropout(plain), without_dropout(both)
+        both.drop_path_prob = 0.0  # train.fit's first epoch: every input kept
+        assert torch.equal(plain(x), both(x)[0])
+
+
+def test_drop_path_is_stochastic_in_training_and_identity_in_eval():
+    arch = G.sample(MIN, seed=1)
+    model = G.build(arch, drop_path_prob=0.5)
+    assert model.drop_path_prob == 0.5  # what train.fit reads as its maximum and ramps
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        a, b = without_dropout(model)(x), model(x)
+        assert not torch.equal(a, b)
+        model.eval()
+        assert torch.equal(model(x), model(x))
+
+
+def test_drop_path_drops_each_input_of_each_sample_on_its_own():
+    """Node 2 of 0 -> 2, 1 -> 2 in a graph of units: each sample's sum is m0·s(w0)·x + m1·s(w1)·x,
+    scaled by 1 / keep, with m0, m1 in {0, 1}; all four masks occur among 64 samples at p = 0.5.
+    A DAG that is not a graph of units (a cell, the top level) drops nothing."""
+    graph = {"nodes": 3, "edges": [[0, 2], [1, 2]], "inputs": [0, 1], "outputs": [2]}
+    units = G.DAG(graph, [nn.Identity()] * 3, drop_inputs=True)
+    torch.manual_seed(0)
+    x = torch.randn(64, 2, 3, 3)
+    s = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    options = [m0 * s(0.3) + m1 * s(-1.2) for m0 in (0, 1) for m1 in (0, 1)]
+    with torch.no_grad():
+        units.edge_w["2"].copy_(torch.tensor([0.3, -1.2]))
+        y = units(x, torch.tensor(0.5))
+    found = set()
+    for i in range(64):
+        matches = [j for j, o in enumerate(options) if torch.allclose(y[i], float(o / 0.5) * x[i], atol=1e-6)]
+        assert len(matches) == 1
+        found.update(matches)
+    assert found == {0, 1, 2, 3}
+    plain = G.DAG(graph, [nn.Identity()] * 3)
+    with torch.no_grad():
+        assert torch.equal(plain(x, torch.tensor(0.5)), plain(x))
+    model = G.build(G.sample(MIN, seed=0))
+    assert not model.cells.drop_inputs and not any(cell.drop_inputs for cell in model.cells.nodes)
+    assert all(module.drop_inputs for cell in model.cells.nodes for module in cell.nodes)
+
+
 # ---------------------------------------------------------------------------------------------- profile
 
 def test_profile_counts_macs_and_memory_by_hand():

@@ -26,6 +26,7 @@ Run it:
 It prints the graph sizes per level, the chosen width, parameters (at most 4.0 M for 32 px images),
 MACs and activation memory per sample, and draws the three levels like the paper's Fig. 5
 (`python bench/generator_speed.py` times sampling, building and training steps; bench/RESULTS.md).
+`--stages nago` splits the cells into stages by NAGO's released rule instead of evenly (stages_of).
 """
 
 import sys
@@ -36,10 +37,12 @@ import networkx as nx
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from machinery import cli, files
+from teachers.darts import AuxiliaryHead as DARTSAuxiliaryHead, ScheduledDropPath, drop_path
 
 # The eight searched hyperparameters, (type, low, high), ranges of NAGO's released configuration.
 # bohb.py reads this; search.py joins it with kd_loss.SPACE.
@@ -54,6 +57,7 @@ SPACE = {
     "bottom_p": (float, 0.1, 1.0),
 }
 STAGE_RATIOS = (1, 2, 4)  # widths of the three stages, relative to the base width C
+STAGE_RULES = ("even", "nago")  # how the cells are split into stages (stages_of); search/train/retrain's --stages
 HEAD_WIDTH = 1280
 SMALL_IMAGE = 40  # below this many pixels the stem keeps full resolution (CIFAR); above, it divides by 4
 
@@ -112,18 +116,34 @@ def to_dag(g):
             "outputs": [v for v in range(n) if v not in has_succ]}
 
 
-def stages_of(n):
-    """Interpretation (stages): the top-level nodes are split into three consecutive stages of as
-    near equal size as possible (10 cells -> 4, 3, 3). The released NAGO configuration collapses
-    networks of more than 3 cells into one stage; the paper describes three, so we split evenly."""
+def stages_of(n, rule="even"):
+    """The stage (0, 1, 2: image / 1, / 2, / 4; widths C, 2C, 4C) of each of n top-level cells.
+
+    even  Interpretation (stages): three consecutive stages of as near equal size as possible
+          (10 cells -> 4, 3, 3). Neither the AutoKD nor the NAGO paper states a stage rule.
+    nago  NAGO's released configuration: get_stage_list (logical_graph.py) with stage ratios 1.0,
+          1.0, 1.0. Three cells take a stage each; otherwise a cell moves to the next stage once its
+          index reaches a running threshold that starts at ratio · n = n, which no index reaches: a
+          network of more than 3 cells is one stage at full resolution and width C.
+    """
+    if rule == "nago":
+        return [0, 1, 2] if n == 3 else [0] * n
     return [stage for stage, chunk in enumerate(np.array_split(np.arange(n), 3)) for _ in chunk]
 
 
-def sample(theta, seed, image_size=32, num_classes=10, max_params=None):
+def stages_rule(arch):
+    """The stage rule an architecture was sampled with; files from before the rule was recorded: even."""
+    return arch.get("stages_rule", "even")
+
+
+def sample(theta, seed, image_size=32, num_classes=10, max_params=None, *, stages="even"):
     """Sample the architecture data of one network from G(θ), the first step of f_KD(θ, b) (Alg. 1
     line 7; train.f_kd). The same (θ, seed) gives the same graphs on every machine; every cell and
-    every module draws its own graph. The base width is the largest within the parameter limit."""
+    every module draws its own graph. `stages` is the stage rule (STAGE_RULES, stages_of). The base
+    width is the largest within the parameter limit."""
     theta = check_theta(theta)
+    if stages not in STAGE_RULES:
+        raise ValueError(f"unknown stage rule {stages!r}: choose one of {', '.join(STAGE_RULES)}")
     if max_params is None:
         max_params = default_max_params(image_size)
     top = to_dag(random_graph("ws", theta["top_nodes"], seed, (0,), theta["top_k"], theta["top_p"]))
@@ -134,10 +154,11 @@ def sample(theta, seed, image_size=32, num_classes=10, max_params=None):
                                        theta["bottom_k"], theta["bottom_p"]))
                    for m in range(theta["mid_nodes"])]
         cells.append({"graph": mid, "modules": modules})
-    for cell, stage in zip(cells, stages_of(theta["top_nodes"])):
+    for cell, stage in zip(cells, stages_of(theta["top_nodes"], stages)):
         cell["stage"] = stage
     arch = {"theta": theta, "seed": int(seed), "image_size": int(image_size), "num_classes": int(num_classes),
-            "max_params": int(max_params), "stage_ratios": list(STAGE_RATIOS), "top": top, "cells": cells}
+            "max_params": int(max_params), "stages_rule": stages, "stage_ratios": list(STAGE_RATIOS),
+            "top": top, "cells": cells}
     arch["width"], arch["params"] = choose_width(arch)
     return arch
 
@@ -222,12 +243,15 @@ class DAG(nn.Module):
     edge, w initialised to 1, as in randomly wired networks), computed as one batched product rather
     than a Python loop of adds. `edges` maps an edge (u, v), with u = "in" for the graph input and
     v = "out" for the output average, to the module that changes its resolution and width; an edge
-    in `projected` goes through a 1x1 conv and, as in NAGO, joins the sum without a weight.
+    in `projected` goes through a 1x1 conv and, as in NAGO, joins the sum without a weight. A DAG
+    built with `drop_inputs` (a module's graph of units) applies drop path to the inputs of such a
+    node when forward is given a probability (see Network).
     """
 
-    def __init__(self, graph, nodes, edges=None, projected=()):
+    def __init__(self, graph, nodes, edges=None, projected=(), drop_inputs=False):
         super().__init__()
         n = graph["nodes"]
+        self.drop_inputs = drop_inputs
         self.nodes = nn.ModuleList(nodes)
         self.inputs, self.outputs = set(graph["inputs"]), list(graph["outputs"])
         # each node's inputs, the weighted ones first, then the projected ones
@@ -245,7 +269,9 @@ class DAG(nn.Module):
         key = f"{u}->{v}"
         return self.edges[key](x) if key in self.edges else x
 
-    def forward(self, x):
+    def forward(self, x, drop_prob=None, tap=None):
+        """The graph's output. drop_prob: a 0-dim tensor (training only), passed on to the nested
+        DAGs. tap: a node id; then (output, the input that node received)."""
         outs = {}
         for v, node in enumerate(self.nodes):
             if v in self.inputs:
@@ -254,29 +280,45 @@ class DAG(nn.Module):
                 h = self.adapt(outs[self.preds[v][0]], self.preds[v][0], v)
             else:
                 xs = torch.stack([self.adapt(outs[u], u, v) for u in self.preds[v]])  # (k, B, C, H, W)
+                if drop_prob is not None and self.drop_inputs:  # each input of each sample on its own
+                    xs = drop_path(xs.flatten(0, 1), drop_prob).unflatten(0, xs.shape[:2])  # (k, B, C, H, W)
                 w = torch.sigmoid(self.edge_w[str(v)]).to(xs.dtype)
                 if self.unweighted[v]:
                     w = torch.cat([w, w.new_ones(self.unweighted[v])])  # (k,)
                 h = torch.tensordot(w, xs, dims=1)  # (B, C, H, W)
-            outs[v] = node(h)
+            if v == tap:
+                tapped = h
+            outs[v] = node(h, drop_prob) if isinstance(node, DAG) else node(h)
             for u in self.preds[v]:
                 if self.last_use[u] == v:
                     del outs[u]
         ys = torch.stack([self.adapt(outs[o], o, "out") for o in self.outputs])  # (n_out, B, C, H, W)
-        return ys.mean(0)
+        return ys.mean(0) if tap is None else (ys.mean(0), tapped)
 
 
-class Network(nn.Module):
-    """Stem -> top-level DAG of cells (three stages, widths C, 2C, 4C) -> head, wired as NAGO's
+class Network(ScheduledDropPath, nn.Module):
+    """Stem -> top-level DAG of cells (stages of widths C, 2C, 4C) -> head, wired as NAGO's
     released code wires them. A cell reads its inputs at the width of its last (highest-id, so
     latest-stage) input, or the stem's C; its other inputs of another width are projected to that by
     a 1x1 conv; its first units convert it to the cell's own width. Every input is average-pooled to
     the cell's resolution (NAGO pools adaptively: the same wherever the size divides, as it does for
     every data set here). The output cells are pooled to the last stage, projected to its width
-    where theirs differs, and averaged."""
+    where theirs differs, and averaged.
 
-    def __init__(self, arch):
+    Options for training, as NAGO's layer.py can attach them (its search attaches neither):
+    auxiliary  NAGO's auxiliary head on the input of the first cell of the third stage (about 2/3 of
+               the depth under the even rule; the nago rule gives only networks of 3 cells a third
+               stage, and the others none, as in NAGO). Training mode then returns (logits,
+               aux_logits), like the DARTS teacher.
+    drop path  on the inputs of every operation unit with several inputs, as NAGO's OpNode places
+               it. Interpretation: DARTS's drop path (per sample, survivors scaled by 1 / (1 - p),
+               training only), ramped by train.fit through `drop_path_prob`. NAGO drops whole inputs
+               for the batch, keeps one, does not rescale, and as released never drops (OpNode is
+               built without the probability and keeps every input in training mode)."""
+
+    def __init__(self, arch, auxiliary=False, drop_path_prob=0.0):
         super().__init__()
+        self.init_drop_path(drop_path_prob or None)  # None: no drop path, and train.fit ramps none
         c, ratios, top = arch["width"], arch["stage_ratios"], arch["top"]
         stages = [cell["stage"] for cell in arch["cells"]]
         widths = [c * ratios[s] for s in stages]  # the last cell is in the last stage
@@ -293,27 +335,57 @@ class Network(nn.Module):
         self.head = nn.Sequential(nn.ReLU(), nn.Conv2d(widths[-1], HEAD_WIDTH, 1, bias=False),
                                   nn.BatchNorm2d(HEAD_WIDTH), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                                   nn.Dropout(0.2), nn.Linear(HEAD_WIDTH, arch["num_classes"]))
+        initialise(self)
+        # built last, so that the rest draws the same initial weights with and without it
+        self.aux_cell = stages.index(2) if auxiliary and 2 in stages else None
+        self.auxiliary_head = (None if self.aux_cell is None else
+                               initialise(AuxiliaryHead(reads[self.aux_cell], arch["num_classes"])))
 
-    def forward(self, x):  # (B, 3, H, W) -> (B, num_classes)
-        return self.head(self.cells(self.stem(x)))
+    def forward(self, x):  # (B, 3, H, W) -> (B, num_classes), or (logits, aux_logits) each (B, num_classes)
+        drop_prob = self._drop_path_prob if self.training and self.drop_path_prob is not None else None
+        if not self.training or self.auxiliary_head is None:
+            return self.head(self.cells(self.stem(x), drop_prob))
+        y, tapped = self.cells(self.stem(x), drop_prob, tap=self.aux_cell)
+        return self.head(y), self.auxiliary_head(tapped)
+
+
+class AuxiliaryHead(DARTSAuxiliaryHead):
+    """NAGO's auxiliary classifier (zeus/networks/pytorch/heads/auxiliary_head.py): ReLU, average
+    pool to 2x2 in non-overlapping windows (4x4 at 8 px, 7x7 at 14 px), then DARTS's layers (1x1
+    conv to 128, BN, ReLU, 2x2 conv to 768, BN, ReLU, linear); DARTS pools 8 px in overlapping 5x5
+    windows at stride 3. Its parameters are for training only: not counted in the limit."""
+
+    def forward(self, x):  # (B, c, H, W)
+        x = F.adaptive_avg_pool2d(F.relu(x), 2)  # (B, c, 2, 2)
+        return self.classifier(self.features(x).flatten(1))  # (B, 768) -> (B, num_classes)
 
 
 def cell_module(cell, c_in, c):
     """A cell of width c that reads width c_in: the input units of its input modules convert it."""
     graph = cell["graph"]
     return DAG(graph, [DAG(m, [unit(c_in if i in graph["inputs"] and u in m["inputs"] else c, c)
-                               for u in range(m["nodes"])]) for i, m in enumerate(cell["modules"])])
+                               for u in range(m["nodes"])], drop_inputs=True)
+                       for i, m in enumerate(cell["modules"])])
 
 
-def build(arch):
-    """The torch.nn.Module of an architecture sampled by `sample` (or loaded from its JSON), with
-    NAGO's initialisation: every conv Kaiming-normal (fan_out, ReLU gain); BatchNorm (weight 1, bias
-    0), the classifier and conv biases keep PyTorch's. (PyTorch's own conv init is 2.4 times smaller.)"""
-    model = Network(arch)
-    for m in model.modules():
+def initialise(module):
+    """NAGO's initialisation: every conv Kaiming-normal (fan_out, ReLU gain); BatchNorm (weight 1,
+    bias 0), the classifier and conv biases keep PyTorch's. (PyTorch's own conv init is 2.4 times
+    smaller.)"""
+    for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-    return model
+    return module
+
+
+def build(arch, auxiliary=False, drop_path_prob=0.0):
+    """The torch.nn.Module of an architecture sampled by `sample` (or loaded from its JSON), with
+    NAGO's initialisation (initialise). auxiliary, drop_path_prob: training options (Network), off
+    by default. The auxiliary head's parameters are not counted in arch["params"] nor the limit, as
+    NAGO and DARTS leave it out of the reported size (profile leaves it out too); drop path has none."""
+    if not 0.0 <= drop_path_prob < 1.0:
+        raise ValueError(f"drop_path_prob must be in [0, 1), not {drop_path_prob}")
+    return Network(arch, auxiliary, drop_path_prob)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -433,12 +505,13 @@ def summary(arch, model, seconds):
     mids = [c["graph"] for c in arch["cells"]]
     bottoms = [m for c in arch["cells"] for m in c["modules"]]
     stats = profile(model, arch["image_size"])
+    used = sorted({c["stage"] for c in arch["cells"]})
     lines = [
         f"top     {top['nodes']} cells, {len(top['edges'])} edges, stages "
-        f"{[sum(c['stage'] == s for c in arch['cells']) for s in range(3)]}",
+        f"{[sum(c['stage'] == s for c in arch['cells']) for s in range(3)]} ({stages_rule(arch)} rule)",
         f"mid     {sum(g['nodes'] for g in mids)} modules, {sum(len(g['edges']) for g in mids)} edges",
         f"bottom  {sum(g['nodes'] for g in bottoms)} units, {sum(len(g['edges']) for g in bottoms)} edges",
-        f"width   C = {arch['width']} (stages {', '.join(str(arch['width'] * r) for r in arch['stage_ratios'])})",
+        f"width   C = {arch['width']} (stages {', '.join(str(arch['width'] * arch['stage_ratios'][s]) for s in used)})",
         f"params  {stats['params']:,} (limit {arch['max_params']:,})",
         f"MACs    {stats['macs'] / 1e6:,.1f} M per {arch['image_size']} px image",
         f"memory  {stats['memory_mb']:.2f} MiB activations per image (inference, CPU)",
@@ -459,18 +532,25 @@ def main(argv=None):
     parser.add_argument("--num-classes", type=cli.positive_int, default=10, help="classes of the data set")
     parser.add_argument("--max-params", type=cli.positive_int, default=None,
                         help="parameter limit (default: 4.0e6 below 40 px, 6.0e6 above, paper Sec. 4)")
+    parser.add_argument("--stages", choices=STAGE_RULES, default=None,
+                        help="how the cells are split into stages: even (default; three stages of as near "
+                             "equal size, an interpretation) or nago (NAGO's released rule: one stage at full "
+                             "resolution unless there are exactly 3 cells)")
     parser.add_argument("--save", help="write the architecture data to this JSON file")
     parser.add_argument("--draw", help="draw the three graph levels to this image file (needs matplotlib)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     if args.arch:
+        if args.stages:
+            raise cli.UserError("--stages applies to --theta; an --arch file keeps the rule it was sampled with")
         arch = files.read_json(args.arch, "--arch")
         if not isinstance(arch, dict) or not {"top", "cells", "width"} <= set(arch):
             raise cli.UserError(f"{args.arch} is not an architecture file written by generator.py --save.")
     else:
         if args.image_size < 8 or args.num_classes < 2:
             raise cli.UserError("--image-size must be at least 8 and --num-classes at least 2.")
-        arch = sample(read_theta(args.theta), args.seed, args.image_size, args.num_classes, args.max_params)
+        arch = sample(read_theta(args.theta), args.seed, args.image_size, args.num_classes, args.max_params,
+                      stages=args.stages or "even")
     model = build(arch)
     print(summary(arch, model, time.perf_counter() - start))
     if args.save:

@@ -1,11 +1,15 @@
 """Generator speed: sampling + build time, and forward+backward time per image, for the smallest,
 a middle and the largest θ; and the batched weighted sum of DAG.forward against a loop of adds.
+With --stages instead: the cost of the two stage rules (generator.stages_of) side by side for the
+same three θ: parameters, MACs and activation memory per 32 px image (counts, the same on any machine).
 
-    python bench/generator_speed.py --record   # CPU here; on a GPU machine it uses cuda:0
+    python bench/generator_speed.py --record            # CPU here; on a GPU machine it uses cuda:0
+    python bench/generator_speed.py --stages --record
 
-Prints one line per θ. Timings are medians of a few repeats after a warm-up step. --record writes the
-printed figures into bench/RESULTS.md.
+Prints one line per θ (and rule). Timings are medians of a few repeats after a warm-up step.
+--record writes the printed figures into bench/RESULTS.md.
 """
+import argparse
 import os
 import statistics
 import sys
@@ -39,11 +43,34 @@ def timed(fn, repeats, device):
     return statistics.median(times)
 
 
-def main():
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--stages", action="store_true",
+                   help="print the stage rules' parameters, MACs and memory per image instead of the timings")
+    p.add_argument("--record", action="store_true", help="write the printed figures into bench/RESULTS.md")
+    args = p.parse_args(argv)
+    if args.stages:
+        with recorded("generator_stages", "Generator: the cost of the two stage rules (bench/generator_speed.py)",
+                      "python bench/generator_speed.py --stages --record", enabled=args.record):
+            stage_costs()
+        return
     device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     with recorded("generator_speed", "Generator: sampling, building, a training step (bench/generator_speed.py)",
-                  "python bench/generator_speed.py --record", device, enabled="--record" in sys.argv[1:]):
+                  "python bench/generator_speed.py --record", device, enabled=args.record):
         measure(device)
+
+
+def stage_costs():
+    """Parameters, MACs and activation memory per 32 px image (generator.profile, inference) of each
+    θ of THETAS under each stage rule, seed 0, at the width the parameter limit allows."""
+    print(f"{'θ':8s} {'stages':6s} {'cells per stage':15s} {'width':>5s} {'params':>9s} {'MACs':>9s} {'memory':>14s}")
+    for name, theta in THETAS.items():
+        for rule in G.STAGE_RULES:
+            arch = G.sample(theta, seed=0, stages=rule)
+            stats = G.profile(G.build(arch), arch["image_size"])
+            cells = "/".join(str(sum(c["stage"] == s for c in arch["cells"])) for s in range(3))
+            print(f"{name:8s} {rule:6s} {cells:15s} {arch['width']:5d} {stats['params'] / 1e6:7.3f} M "
+                  f"{stats['macs'] / 1e9:7.3f} G {stats['memory_mb']:6.2f} MiB/image")
 
 
 def measure(device):

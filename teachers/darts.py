@@ -122,6 +122,29 @@ def drop_path(x, drop_prob):
     return x * mask / keep
 
 
+class ScheduledDropPath:
+    """The drop-path probability of a network, as the training loop ramps it every epoch: `drop_path_prob`
+    reads and sets a float (None where the network has no drop path); forward reads the 0-dim buffer
+    `_drop_path_prob`, not a Python float, which torch.compile would recompile the model for every time it
+    changes and a captured CUDA graph would freeze. The buffer is not saved in the state dict."""
+
+    def init_drop_path(self, p):
+        """Call from __init__: p is the starting probability, or None for a network without drop path."""
+        self._drop_path_prob_value = None
+        if p is not None:
+            self.register_buffer("_drop_path_prob", torch.zeros(()), persistent=False)
+            self.drop_path_prob = p
+
+    @property
+    def drop_path_prob(self):
+        return self._drop_path_prob_value  # the float as set, without a device sync
+
+    @drop_path_prob.setter
+    def drop_path_prob(self, p):
+        self._drop_path_prob_value = float(p)
+        self._drop_path_prob.fill_(p)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Cell and network (DARTS paper Sec. 2.1 for the cell, Sec. 3.2 and App. A.2 for the network)
 
@@ -187,7 +210,7 @@ class AuxiliaryHead(nn.Module):
         return self.classifier(x.flatten(1))  # (B, num_classes)
 
 
-class DARTSNetwork(nn.Module):
+class DARTSNetwork(ScheduledDropPath, nn.Module):
     """The DARTS CIFAR evaluation network: stem -> `layers` cells -> global pool -> linear.
 
     Width doubles at each of the two reduction cells (at layers // 3 and 2 * layers // 3), which also
@@ -200,10 +223,7 @@ class DARTSNetwork(nn.Module):
                  genotype=DARTS_V2):
         super().__init__()
         self.max_drop_path_prob = drop_path_prob  # what the training loop ramps towards
-        # forward reads a tensor, not a Python float: torch.compile would recompile the model every
-        # time a float it reads changes (every epoch). Not saved in the state dict.
-        self.register_buffer("_drop_path_prob", torch.zeros(()), persistent=False)
-        self.drop_path_prob = drop_path_prob
+        self.init_drop_path(drop_path_prob)
 
         c_stem = 3 * width  # DARTS's stem multiplier
         self.stem = nn.Sequential(nn.Conv2d(3, c_stem, 3, padding=1, bias=False), nn.BatchNorm2d(c_stem))
@@ -224,15 +244,6 @@ class DARTSNetwork(nn.Module):
                 c_aux = c_prev
         self.auxiliary_head = AuxiliaryHead(c_aux, num_classes) if auxiliary else None
         self.classifier = nn.Linear(c_prev, num_classes)
-
-    @property
-    def drop_path_prob(self):
-        return self._drop_path_prob_value  # the float as set, without a device sync
-
-    @drop_path_prob.setter
-    def drop_path_prob(self, p):
-        self._drop_path_prob_value = float(p)
-        self._drop_path_prob.fill_(p)
 
     def forward(self, x):  # (B, 3, H, W)
         drop_prob = self._drop_path_prob if self.training else None

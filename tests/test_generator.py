@@ -125,16 +125,32 @@ def test_different_seeds_give_different_graphs():
     assert len(graphs) == 5
 
 
-def test_architecture_json_round_trip_rebuilds_the_same_network():
-    arch = G.sample(MIN, seed=3)
-    loaded = json.loads(json.dumps(arch))
+def same_network(a, b, size=16):
+    """Built from the same torch seed, do a and b compute the same function, bit for bit?"""
     torch.manual_seed(0)
-    a = G.build(arch).eval()
+    a = G.build(a).eval()
     torch.manual_seed(0)
-    b = G.build(loaded).eval()
-    x = torch.randn(2, 3, 16, 16)
+    b = G.build(b).eval()
+    x = torch.randn(2, 3, size, size)
     with torch.no_grad():
-        assert torch.equal(a(x), b(x))
+        return torch.equal(a(x), b(x))
+
+
+@pytest.mark.parametrize("theta,stages", [(MIN, "even"), ({**MIN, "top_nodes": 5}, "nago")])
+def test_architecture_json_round_trip_rebuilds_the_same_network(theta, stages):
+    arch = G.sample(theta, seed=3, stages=stages)
+    loaded = json.loads(json.dumps(arch))
+    assert G.stages_rule(loaded) == stages
+    assert same_network(arch, loaded)
+
+
+def test_an_architecture_file_without_a_stage_rule_is_an_even_split():
+    """Files written before the rule was recorded hold no "stages_rule": they were even splits."""
+    arch = G.sample({**MIN, "top_nodes": 5}, seed=3)
+    old = {k: v for k, v in json.loads(json.dumps(arch)).items() if k != "stages_rule"}
+    assert G.stages_rule(old) == "even"
+    assert same_network(arch, old)
+    assert not same_network(G.sample({**MIN, "top_nodes": 5}, seed=3, stages="nago"), old)
 
 
 # ---------------------------------------------------------------------------------------------- modules
@@ -269,6 +285,41 @@ def nago_param_count(arch):
     return total + widths[-1] * 1280 + 2 * 1280 + 1280 * classes + classes
 
 
+def hand_macs(arch):
+    """MACs per image at 32 px by hand from the graphs, as torch's FLOP counter counts them (convs,
+    the weighted sums' products, the linear layer; not BatchNorm, pooling, biases): a unit is
+    9·c_in·c·r² at its cell's resolution r = 32 / 2^stage; a node of k > 1 inputs costs k·c·r²,
+    plus a 1x1 conv c_u·c·r² per input of another width (top level); the stem 27·C + 9·C² at 32²;
+    the head width·1280 at the last stage's r², then 1280 per class."""
+    c, size = arch["width"], arch["image_size"]
+    widths = [c * (1, 2, 4)[cell["stage"]] for cell in arch["cells"]]
+    areas = [(size // 2 ** cell["stage"]) ** 2 for cell in arch["cells"]]
+    top = arch["top"]
+
+    def preds(graph, v):
+        return [u for u, w in graph["edges"] if w == v]
+
+    def sums(graph, width):
+        return sum(len(preds(graph, v)) * width for v in range(graph["nodes"]) if len(preds(graph, v)) > 1)
+
+    total = (27 * c + 9 * c * c) * size ** 2
+    for v, cell in enumerate(arch["cells"]):
+        p = preds(top, v)
+        reads = widths[max(p)] if p else c
+        if len(p) > 1:
+            total += areas[v] * (len(p) * reads + sum(widths[u] * reads for u in p if widths[u] != reads))
+        graph = cell["graph"]
+        total += areas[v] * sums(graph, widths[v])
+        for i, module in enumerate(cell["modules"]):
+            total += areas[v] * sums(module, widths[v])
+            for u in range(module["nodes"]):
+                c_in = reads if i in graph["inputs"] and u in module["inputs"] else widths[v]
+                total += areas[v] * 9 * c_in * widths[v]
+    if len(top["outputs"]) > 1:
+        total += areas[-1] * sum(widths[o] * widths[-1] for o in top["outputs"] if widths[o] != widths[-1])
+    return total + areas[-1] * widths[-1] * 1280 + 1280 * arch["num_classes"]
+
+
 @pytest.mark.parametrize("image_size", [32, 224])
 def test_parameter_count_equals_nagos_construction_counted_by_hand(image_size):
     rng = np.random.default_rng(5)
@@ -316,6 +367,165 @@ def test_initial_weights_follow_kaimings_fan_out_formula():
     for m in model.modules():
         if isinstance(m, nn.BatchNorm2d):
             assert torch.equal(m.weight, torch.ones_like(m.weight)) and torch.equal(m.bias, torch.zeros_like(m.bias))
+
+
+# ---------------------------------------------------------------------------------------------- stage rules
+
+def test_nago_rule_is_get_stage_list_with_stage_ratios_of_one():
+    """NAGO's get_stage_list by hand: 3 cells take a stage each; for n > 3 the first threshold is
+    1.0 · n, which no cell index 0..n-1 reaches, so every cell stays in stage 0."""
+    assert G.stages_of(3, "nago") == [0, 1, 2]
+    for n in range(4, 11):
+        assert G.stages_of(n, "nago") == [0] * n
+
+
+def test_nago_rule_by_hand_for_a_four_cell_network():
+    """4 cells under NAGO's rule: one stage, so every cell runs at width C and 32 px; the parameters
+    and the MACs counted by hand from the graphs (nago_param_count, hand_macs) are the module's."""
+    arch = G.sample({**MIN, "top_nodes": 4}, seed=0, stages="nago")
+    assert [cell["stage"] for cell in arch["cells"]] == [0, 0, 0, 0]
+    model = G.build(arch)
+    sizes = []
+    for cell in model.cells.nodes:
+        cell.register_forward_hook(lambda m, i, o: sizes.append(tuple(o.shape[1:])))
+    stats = G.profile(model, 32, batch_size=1)
+    c = arch["width"]
+    assert sizes[:4] == [(c, 32, 32)] * 4
+    assert stats["params"] == arch["params"] == nago_param_count(arch)
+    assert stats["macs"] == hand_macs(arch)
+
+
+@pytest.mark.parametrize("stages", G.STAGE_RULES)
+def test_macs_equal_a_hand_count_from_the_graphs(stages):
+    for i, theta in enumerate([MIN, MID]):
+        arch = G.sample(theta, seed=i, stages=stages)
+        assert G.profile(G.build(arch), 32, batch_size=1)["macs"] == hand_macs(arch)
+
+
+def test_nago_rule_meets_the_parameter_limit_exactly():
+    rng = np.random.default_rng(1)
+    for i, theta in enumerate([{**MIN, "top_nodes": 4}, MID, random_theta(rng)]):
+        arch = G.sample(theta, seed=i, stages="nago")
+        assert arch["params"] == G.count_params(arch, arch["width"]) <= arch["max_params"]
+        assert G.count_params(arch, arch["width"] + 1) > arch["max_params"]
+
+
+def test_unknown_stage_rule_is_refused():
+    with pytest.raises(ValueError, match="choose one of even, nago"):
+        G.sample(MIN, 0, stages="three")
+
+
+# ---------------------------------------------------------------------------------------------- training options
+
+def without_dropout(model):
+    """Train mode (batch statistics, drop path) without the head's dropout, so that only drop path draws."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.eval()
+    return model
+
+
+def test_auxiliary_head_gives_logits_in_training_and_is_left_out_in_eval():
+    arch = G.sample(MIN, seed=0, num_classes=7)
+    model = G.build(arch, auxiliary=True)
+    logits, aux = model.train()(torch.randn(2, 3, 32, 32))
+    assert logits.shape == aux.shape == (2, 7)
+    (logits.sum() + aux.sum()).backward()
+    assert all(p.grad is not None for p in model.auxiliary_head.parameters())
+    assert model.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+
+
+def test_auxiliary_head_reads_the_input_of_the_first_cell_of_the_third_stage():
+    """Cells 0 -> 1 -> 2 and 0 -> 2 in stages 0, 1, 2 (widths 4, 8, 16, 16 px): NAGO's head reads
+    what cell 2 receives, 8 channels (cell 1's width) at 4 px, pooled to 2x2."""
+    top = {"nodes": 3, "edges": [[0, 1], [0, 2], [1, 2]], "inputs": [0], "outputs": [2]}
+    model = G.build(one_unit_cells(top, [0, 1, 2]), auxiliary=True).train()
+    assert model.auxiliary_head.features[0].in_channels == 8
+    seen = {}
+    model.cells.nodes[2].register_forward_hook(lambda m, inp, out: seen.update(cell=inp[0]))
+    model.auxiliary_head.register_forward_hook(lambda m, inp, out: seen.update(aux=inp[0]))
+    model(torch.randn(2, 3, 16, 16))
+    assert seen["cell"].shape == (2, 8, 4, 4) and torch.equal(seen["aux"], seen["cell"])
+
+
+def test_auxiliary_head_is_not_counted_in_the_parameter_limit():
+    """As NAGO and DARTS report sizes: arch["params"] and profile leave the head out; the module has
+    c·128 + 2·128 (1x1 conv, BN) + 128·768·4 + 2·768 (2x2 conv, BN) + 768·K + K (linear) more,
+    where c is the width the first stage-2 cell reads."""
+    arch = G.sample(MID, seed=0)
+    model = G.build(arch, auxiliary=True)
+    c, k = model.auxiliary_head.features[0].in_channels, arch["num_classes"]
+    assert c in (arch["width"] * 2, arch["width"] * 4)
+    head = c * 128 + 2 * 128 + 128 * 768 * 4 + 2 * 768 + 768 * k + k
+    assert sum(p.numel() for p in model.parameters()) == arch["params"] + head
+    assert G.profile(model, 32, batch_size=1)["params"] == arch["params"] <= arch["max_params"]
+
+
+def test_nago_rule_above_three_cells_has_no_third_stage_and_so_no_auxiliary_head():
+    model = G.build(G.sample({**MIN, "top_nodes": 4}, seed=0, stages="nago"), auxiliary=True)
+    assert model.auxiliary_head is None
+    assert model.train()(torch.randn(2, 3, 16, 16)).shape == (2, 10)
+    assert G.build(G.sample(MIN, seed=0, stages="nago"), auxiliary=True).auxiliary_head is not None
+
+
+def test_training_options_off_leave_the_network_as_it_was():
+    """Off (the default): no drop path for train.fit to ramp, no head, the same weights and outputs;
+    on, the network's own weights and eval outputs are unchanged too (the head is built last)."""
+    arch = G.sample(MIN, seed=1)
+    plain = G.build(arch)
+    assert plain.drop_path_prob is None and plain.auxiliary_head is None
+    assert sum(p.numel() for p in plain.parameters()) == arch["params"]
+    assert [name for name, _ in plain.named_buffers() if "drop" in name] == []
+    torch.manual_seed(0)
+    plain = G.build(arch).eval()
+    torch.manual_seed(0)
+    both = G.build(arch, auxiliary=True, drop_path_prob=0.3).eval()
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(plain(x), both(x))
+        without_dropout(plain), without_dropout(both)
+        both.drop_path_prob = 0.0  # train.fit's first epoch: every input kept
+        assert torch.equal(plain(x), both(x)[0])
+
+
+def test_drop_path_is_stochastic_in_training_and_identity_in_eval():
+    arch = G.sample(MIN, seed=1)
+    model = G.build(arch, drop_path_prob=0.5)
+    assert model.drop_path_prob == 0.5  # what train.fit reads as its maximum and ramps
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        a, b = without_dropout(model)(x), model(x)
+        assert not torch.equal(a, b)
+        model.eval()
+        assert torch.equal(model(x), model(x))
+
+
+def test_drop_path_drops_each_input_of_each_sample_on_its_own():
+    """Node 2 of 0 -> 2, 1 -> 2 in a graph of units: each sample's sum is m0·s(w0)·x + m1·s(w1)·x,
+    scaled by 1 / keep, with m0, m1 in {0, 1}; all four masks occur among 64 samples at p = 0.5.
+    A DAG that is not a graph of units (a cell, the top level) drops nothing."""
+    graph = {"nodes": 3, "edges": [[0, 2], [1, 2]], "inputs": [0, 1], "outputs": [2]}
+    units = G.DAG(graph, [nn.Identity()] * 3, drop_inputs=True)
+    torch.manual_seed(0)
+    x = torch.randn(64, 2, 3, 3)
+    s = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    options = [m0 * s(0.3) + m1 * s(-1.2) for m0 in (0, 1) for m1 in (0, 1)]
+    with torch.no_grad():
+        units.edge_w["2"].copy_(torch.tensor([0.3, -1.2]))
+        y = units(x, torch.tensor(0.5))
+    found = set()
+    for i in range(64):
+        matches = [j for j, o in enumerate(options) if torch.allclose(y[i], float(o / 0.5) * x[i], atol=1e-6)]
+        assert len(matches) == 1
+        found.update(matches)
+    assert found == {0, 1, 2, 3}
+    plain = G.DAG(graph, [nn.Identity()] * 3)
+    with torch.no_grad():
+        assert torch.equal(plain(x, torch.tensor(0.5)), plain(x))
+    model = G.build(G.sample(MIN, seed=0))
+    assert not model.cells.drop_inputs and not any(cell.drop_inputs for cell in model.cells.nodes)
+    assert all(module.drop_inputs for cell in model.cells.nodes for module in cell.nodes)
 
 
 # ---------------------------------------------------------------------------------------------- profile
@@ -369,6 +579,16 @@ def test_cli_prints_summary_saves_and_reloads(tmp_path):
     assert again.returncode == 0 and f"{arch['params']:,}" in again.stdout
 
 
+def test_cli_stages_nago_is_saved_with_the_architecture(tmp_path, capsys):
+    theta = {**MIN, "top_nodes": 4}
+    assert G.main(["--theta", json.dumps(theta), "--stages", "nago", "--image-size", "16", "--max-params", "100000",
+                   "--save", str(tmp_path / "arch.json")]) == 0
+    assert "stages [4, 0, 0] (nago rule)" in capsys.readouterr().out
+    arch = json.loads((tmp_path / "arch.json").read_text())
+    assert arch["stages_rule"] == "nago"
+    assert arch == json.loads(json.dumps(G.sample(theta, 0, 16, 10, 100_000, stages="nago")))
+
+
 def test_readme_generator_figures_and_imagenet_command():
     """The README's figures for the all-min and all-max θ, and its 224 px command (copied from the
     README, run as written) with the MACs the ImageNet cost estimate uses."""
@@ -391,6 +611,7 @@ def test_readme_generator_figures_and_imagenet_command():
     (["--theta", json.dumps({**MID, "top_k": 9})], "outside its range"),
     (["--theta", json.dumps(MID), "--max-params", "1000"], "raise --max-params"),
     (["--arch", json.dumps({"a": 1})], "not an architecture file"),
+    (["--arch", json.dumps({"a": 1}), "--stages", "nago"], "--stages applies to --theta"),
 ])
 def test_cli_errors_are_one_sentence_and_nonzero(args, fragment):
     out = run_cli(*args)

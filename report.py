@@ -1,33 +1,28 @@
 """The paper's figures and tables from the logs of search.py and retrain.py.
 
+    python report.py runs/search-digits --retrain runs/retrain-digits     # the quick start's
     python report.py runs/search-cifar100 --compare runs/search-cifar100-nokd \\
         --retrain runs/retrain-cifar100 runs/retrain-cifar100-nokd --out figures/
-    python report.py runs/search-digits --retrain runs/retrain-digits     # the quick start's
+    python report.py runs/kd --compare runs/nokd        # folders of search.py --repeats N --out runs/kd
+    python report.py runs/kd-0 runs/kd-1 runs/kd-2 --compare runs/nokd-0 runs/nokd-1 runs/nokd-2
 
-From a search folder (results.jsonl, and study.jsonl when the search ran with --study), and
-optionally a second search to compare (the --no-kd one):
-    Fig. 2  accuracy histograms per budget, KD vs no KD: every
-            student the search and its study trained                fig2_histograms.png
-    Fig. 3  best accuracy found by BOHB vs wall-clock time, per
-            budget                                                  fig3_best_vs_time.png
-    Fig. 4  Spearman rank correlation between budgets, over the
-            study's configurations (each trained at every budget),
-            else over those BOHB promoted                           fig4_rank_correlation.png
-    KD vs no KD on the same students: the two studies of one --seed train the same architectures
-            (printed: the mean difference per budget and how often KD won)
-From retrain folders (summary.json):
-    Fig. 6  test accuracy vs activation memory per sample           fig6_accuracy_vs_memory.png
-    Table 1 mean ± std test accuracy and parameters, and KD minus no KD (printed)
-Every figure's numbers are printed as a table too, so the report is useful without matplotlib (an
-optional dependency: figures are skipped with a note when it is missing). A correlation that
-cannot be computed (fewer than 3 configurations at both budgets, or equal accuracies) is printed
-and drawn as "n/a" with the reason, never as nan.
+An arm (the folders before --compare, or after it) is a search folder, a folder of repeat-*/ searches,
+or several of either, pooled; its searches must share data set, --no-kd and budgets, and two arms
+their data set. Fig. 2: accuracy histograms per budget over every student of an arm (search and
+study). Fig. 3: best accuracy vs wall-clock minutes per budget; over several searches, the mean ±
+sample std of their best-so-far step functions read on one grid of minutes since each search began,
+from when every search has a result at that budget to the end of the shortest one. Fig. 4: Spearman
+ρ between budgets in each search (over its --study, else what BOHB promoted), then mean ± sample std
+across searches. Fig. 6 and Table 1 from retrain folders. Every figure's numbers are printed too
+(figures need matplotlib); an undefined ρ or spread prints "n/a" with its reason, never nan; a
+malformed log line is refused, never counted.
 """
 
 import json
 import math
 import sys
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,39 +31,178 @@ from scipy.stats import spearmanr
 from machinery import cli, files
 
 
-RECORD_KEYS = ("iteration", "bracket", "rung", "index", "budget", "loss", "info", "started", "finished")
 MIN_PAIRS = 3  # Spearman's ρ over fewer configurations says nothing
+ARM_KEYS = ("dataset", "no_kd", "min_budget", "max_budget", "eta")  # what the searches of one arm share
+PLAN_KEYS = ("min_budget", "max_budget", "eta")
+GRID = 200  # points of Fig. 3's common time grid
+PRINTED = np.linspace(0, GRID - 1, 6).astype(int)  # the grid points Fig. 3's table prints
+COLORS = ("C0", "C1")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading the logs
+
+def number(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def integer(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+FIELDS = {  # a search result's fields: (test, what the value must be)
+    "iteration": (lambda x: x is None or integer(x), "an integer or null"),
+    "bracket": (lambda x: x is None or integer(x), "an integer or null"),
+    "rung": (lambda x: integer(x) and x >= 0, "a non-negative integer"),
+    "index": (lambda x: integer(x) and x >= 0, "a non-negative integer"),
+    "budget": (lambda x: number(x) and x > 0, "a positive number"),
+    "config": (lambda x: isinstance(x, dict), "an object"),
+    "loss": (lambda x: x is None or number(x), "a finite number or null"),
+    "info": (lambda x: isinstance(x, dict), "an object"),
+    "started": (lambda x: x is None or number(x), "a time (a number) or null"),
+    "finished": (number, "a time (a number)"),
+}
+
+
+def check_record(record, path, line):
+    """A UserError naming the file, line and field unless `record` is a search result report.py can
+    count: every field of FIELDS of its type, info.accuracy in [0, 1] when the evaluation succeeded
+    (loss not null), info.arch_seed an integer when present."""
+    missing = [k for k in FIELDS if not isinstance(record, dict) or k not in record]
+    if missing:
+        raise cli.UserError(f"{path} line {line} is not a search result (missing {', '.join(missing)}); repair "
+                               "or remove the line, or give a folder written by search.py.")
+    checks = {name: (record[name], *rule) for name, rule in FIELDS.items()}
+    info = record["info"] if isinstance(record["info"], dict) else {}
+    if record["loss"] is not None:
+        checks["info.accuracy"] = (info.get("accuracy"), lambda x: number(x) and 0 <= x <= 1,
+                                   "a number in [0, 1] when loss is not null")
+    if "arch_seed" in info:
+        checks["info.arch_seed"] = (info["arch_seed"], integer, "an integer")
+    for name, (value, ok, must) in checks.items():
+        if not ok(value):
+            shown = json.dumps(value)
+            raise cli.UserError(f"{path} line {line}: {name} must be {must}, not "
+                                   f"{shown if len(shown) <= 40 else shown[:40] + '...'}; repair or remove the line.")
 
 
 def read_records(path):
-    """The records of a results.jsonl or study.jsonl, each checked. Only reads: a line cut short by a
-    running search is left alone."""
+    """The records of a results.jsonl or study.jsonl ([] if there is none), each checked. Only reads:
+    a line cut short by a running search is left alone."""
     records, _ = files.read_jsonl(path)
-    for number, r in enumerate(records, 1):
-        missing = [k for k in RECORD_KEYS if not isinstance(r, dict) or k not in r]
-        if missing or (r["loss"] is not None and "accuracy" not in r["info"]):
-            raise cli.UserError(f"{path} line {number} is not a search result (missing "
-                                   f"{', '.join(missing) or 'info.accuracy'}); give a folder written by search.py.")
+    for line, record in enumerate(records, 1):
+        check_record(record, path, line)
     return records
 
 
-def load_search(folder):
-    """(the search's evaluations, its study's evaluations, its label) of a search folder."""
-    path = Path(folder) / "results.jsonl"
+@dataclass
+class Search:
+    """One search folder: its evaluations, its study's and its search.json settings ({} if none)."""
+    folder: Path
+    records: list
+    study: list
+    settings: dict
+
+
+def read_settings(path):
     if not path.is_file():
-        raise cli.UserError(f"{folder} has no results.jsonl; give a folder written by search.py.")
-    saved = Path(folder) / "search.json"
-    settings = files.read_json(str(saved), "search.json").get("settings", {}) if saved.is_file() else {}
-    records = read_records(path)
-    study = read_records(Path(folder) / "study.jsonl") if (Path(folder) / "study.jsonl").is_file() else []
+        return {}
+    saved = files.read_json(str(path), "search.json")
+    if not isinstance(saved, dict) or not isinstance(saved.get("settings", {}), dict):
+        raise cli.UserError(f"{path} is not a search.json of search.py; repair it or give a folder written by "
+                               "search.py.")
+    return saved.get("settings", {})
+
+
+def load_search(folder):
+    path = folder / "results.jsonl"
+    if not path.is_file():
+        raise cli.UserError(f"{folder} has no results.jsonl (nor repeat-*/ searches); give a folder written by "
+                               "search.py.")
+    settings, records = read_settings(folder / "search.json"), read_records(path)
     if not records:
-        raise cli.UserError(f"{path} holds no finished evaluation yet; report once the search has some.")
+        raise cli.UserError(f"{path} holds no finished evaluation yet; report once the search has some (or "
+                               "name the finished repeats one by one).")
     if all(r["loss"] is None for r in records):
         raise cli.UserError(f"every evaluation in {path} failed ({len(records)}); read their errors there, "
                                "fix the cause and run the search again.")
-    label = "no KD (NAGO)" if settings.get("no_kd") else "KD (AutoKD)"
-    return records, study, f"{label}: {Path(folder).name}"
+    return Search(folder, records, read_records(folder / "study.jsonl"), settings)
 
+
+def search_folders(folder):
+    """`folder` when it holds results.jsonl, else its repeat-*/ folders holding a search.json (written
+    by search.py --repeats), repeat-2 before repeat-10."""
+    folder = Path(folder)
+    repeats = sorted((p for p in folder.glob("repeat-*") if (p / "search.json").is_file()),
+                     key=lambda p: (len(p.name), p.name))
+    return repeats if repeats and not (folder / "results.jsonl").is_file() else [folder]
+
+
+def check_alike(searches, keys, rule):
+    """One line refusing searches whose settings differ in one of `keys`."""
+    first = searches[0]
+    for other in searches[1:]:
+        for key in keys:
+            a, b = first.settings.get(key, "not recorded"), other.settings.get(key, "not recorded")
+            if a != b:
+                raise cli.UserError(f"{first.folder} and {other.folder} differ in {key} ({a} and {b}); {rule}.")
+
+
+@dataclass
+class Arm:
+    """The searches drawn as one arm of Figs. 2-4 (KD, or no KD), pooled."""
+    label: str
+    searches: list
+
+    @property
+    def records(self):
+        return [r for s in self.searches for r in s.records]
+
+    @property
+    def study(self):
+        return [r for s in self.searches for r in s.study]
+
+    @property
+    def no_kd(self):
+        return bool(self.searches[0].settings.get("no_kd"))
+
+
+def load_arm(given):
+    folders = [f for g in given for f in search_folders(g)]
+    resolved = [f.resolve() for f in folders]
+    twice = [f for f, r in zip(folders, resolved) if resolved.count(r) > 1]
+    if twice:
+        raise cli.UserError(f"{twice[0]} is given twice in one arm; give each search once.")
+    searches = [load_search(f) for f in folders]
+    check_alike(searches, ARM_KEYS, "an arm pools repeats of one search: give searches of one --dataset, --no-kd "
+                                    "and budget plan")
+    names = [Path(f).resolve().name for f in given]
+    label = ("no KD (NAGO): " if searches[0].settings.get("no_kd") else "KD (AutoKD): ") + (
+        names[0] if len(names) == 1 else f"{names[0]} ... {names[-1]}")
+    return Arm(label + (f" ({len(searches)} searches)" if len(searches) > 1 else ""), searches)
+
+
+def plan_note(arms):
+    """A note when the arms ran different budget plans (so a panel may show one arm only), else None."""
+    plans = [tuple(arm.searches[0].settings.get(k) for k in PLAN_KEYS) for arm in arms]
+    if len(set(plans)) > 1:
+        return ("note: the arms ran different budget plans (min_budget, max_budget, eta: "
+                f"{' and '.join(map(str, plans))}); a budget's panel shows only the arms trained at it.")
+    return None
+
+
+def load_retrain(folder):
+    path = Path(folder) / "summary.json"
+    if not path.is_file():
+        raise cli.UserError(f"{folder} has no summary.json; give a folder written by retrain.py.")
+    summary = files.read_json(str(path), "summary.json")
+    if not isinstance(summary, dict) or not {"students", "mean", "std", "k"} <= set(summary):
+        raise cli.UserError(f"{path} is not a retrain.py summary; give a folder written by retrain.py.")
+    return summary, Path(folder).name
+
+
+# ----------------------------------------------------------------------------------------------------
+# The numbers
 
 def accuracies_by_budget(records):
     """{budget: [hold-out accuracy of every successful evaluation]} (Fig. 2)."""
@@ -79,18 +213,45 @@ def accuracies_by_budget(records):
     return dict(sorted(by_budget.items()))
 
 
+def span(records):
+    """(start time, minutes it ran) of one search: from its first start to its last finish."""
+    start = min(r["finished"] if r["started"] is None else r["started"] for r in records)
+    return start, (max(r["finished"] for r in records) - start) / 60
+
+
 def best_over_time(records):
-    """{budget: [(hours since the search started, best accuracy so far at that budget)]} (Fig. 3)."""
-    start = min(r["started"] for r in records if r["started"] is not None)
+    """{budget: [(minutes since the search started, best accuracy so far at that budget)]} (Fig. 3)."""
+    start, _ = span(records)
     curves = {}
     for budget, rs in sorted(group(records, lambda r: r["budget"]).items()):
         best, curve = -math.inf, []
         for r in sorted(rs, key=lambda r: r["finished"]):
             if r["loss"] is not None and r["info"]["accuracy"] > best:
                 best = r["info"]["accuracy"]
-                curve.append(((r["finished"] - start) / 3600, best))
+                curve.append(((r["finished"] - start) / 60, best))
         curves[budget] = curve
     return curves
+
+
+def best_band(searches, budget):
+    """Fig. 3 over several searches: (minutes, mean, sample std) of their best-so-far accuracies at
+    `budget` on one grid from when every search has a result at it to the end of the shortest
+    search; None when there is no such time."""
+    curves = [best_over_time(s.records).get(budget) for s in searches]
+    if not all(curves):
+        return None
+    begin, end = max(curve[0][0] for curve in curves), min(span(s.records)[1] for s in searches)
+    if begin > end:
+        return None
+    grid = np.linspace(begin, end, GRID)
+    values = np.array([step(curve, grid) for curve in curves])  # (searches, GRID)
+    return grid, values.mean(axis=0), values.std(axis=0, ddof=1)
+
+
+def step(curve, grid):
+    """The best-so-far step function `curve` [(minute, best)] read at `grid` (no earlier than its first step)."""
+    times, best = map(np.array, zip(*curve))
+    return best[np.searchsorted(times, grid, side="right") - 1]
 
 
 def accuracy_by_config(records):
@@ -129,12 +290,47 @@ def fig4_records(records, study):
     return records, "promoted by BOHB"
 
 
+def pooled_correlations(searches):
+    """Fig. 4 of an arm: {(b1, b2): [(ρ or None, n, why None) of each search]}, each search's ρ over its
+    own study, else over what BOHB promoted in it."""
+    out = defaultdict(list)
+    for s in searches:
+        for pair, result in rank_correlations(fig4_records(s.records, s.study)[0]).items():
+            out[pair].append(result)
+    return dict(sorted(out.items()))
+
+
+def fig4_source(arm):
+    sources = [fig4_records(s.records, s.study)[1] for s in arm.searches]
+    if len(set(sources)) == 1:
+        return sources[0]
+    return f"study in {sources.count('study')} of {len(sources)} searches, else promoted by BOHB"
+
+
+def defined(results):
+    """([ρ], [configurations]) of the searches that have a ρ, of their [(ρ or None, n, why)]."""
+    return [r for r, _, _ in results if r is not None], [n for r, n, _ in results if r is not None]
+
+
+def rho_text(results, searches):
+    """Fig. 4's number as printed: one search's ρ, or the mean ± std across searches, or why not."""
+    rhos, ns = defined(results)
+    if not rhos:
+        return f"n/a ({'in every search: ' * (searches > 1)}{results[0][2]}; run the search with --study 10)"
+    if searches == 1:
+        return f"ρ = {rhos[0]:.2f} over {ns[0]} configurations"
+    spread = f"± {np.std(rhos, ddof=1):.2f}" if len(rhos) > 1 else "(no spread: one search has a ρ)"
+    each = f"{min(ns)}" if min(ns) == max(ns) else f"{min(ns)} to {max(ns)}"
+    return f"ρ = {np.mean(rhos):.2f} {spread} across {len(rhos)} of {searches} searches ({each} configurations each)"
+
+
 def paired_difference(kd_study, plain_study):
     """{budget: (mean of KD minus no-KD accuracy, KD wins, pairs)} over the students both studies
     trained: the same θ and architecture seed (the same --seed), one with KD and one without."""
     def by_student(study):
         return {(json.dumps({k: v for k, v in r["config"].items() if k not in ("tau", "alpha")}, sort_keys=True),
-                 r["info"]["arch_seed"], r["budget"]): r["info"]["accuracy"] for r in study if r["loss"] is not None}
+                 r["info"]["arch_seed"], r["budget"]): r["info"]["accuracy"]
+                for r in study if r["loss"] is not None and "arch_seed" in r["info"]}
     kd, plain = by_student(kd_study), by_student(plain_study)
     out = {}
     for key in sorted(kd.keys() & plain.keys(), key=lambda k: k[2]):
@@ -149,66 +345,88 @@ def group(items, key):
     return out
 
 
-def load_retrain(folder):
-    path = Path(folder) / "summary.json"
-    if not path.is_file():
-        raise cli.UserError(f"{folder} has no summary.json; give a folder written by retrain.py.")
-    summary = files.read_json(str(path), "summary.json")
-    if not isinstance(summary, dict) or not {"students", "mean", "std", "k"} <= set(summary):
-        raise cli.UserError(f"{path} is not a retrain.py summary; give a folder written by retrain.py.")
-    return summary, Path(folder).name
+def spread(summary):
+    """Table 1's spread across architectures, or why there is none."""
+    return f"± {summary['std']:.2f}" if summary["std"] is not None else "n/a (1 architecture)"
 
 
 # ----------------------------------------------------------------------------------------------------
 # Printed tables
 
-def print_tables(searches, retrains):
-    for records, study, label in searches:
-        print(f"\n== {label}: {len(records)} evaluations, {sum(r['loss'] is None for r in records)} failed"
-              + (f"; study: {len(study)} evaluations of {len({r['index'] for r in study})} configurations" if study else ""))
-        print("Fig. 2  accuracy per budget (search + study)   n    mean %   best %")
-        for budget, accs in accuracies_by_budget(records + study).items():
-            print(f"        {budget:>6g} epochs                  {len(accs):>5} {100 * np.mean(accs):>8.2f} "
-                  f"{100 * max(accs):>8.2f}")
-        print("Fig. 3  best accuracy found by BOHB vs time (minutes since the search started, best %), per budget")
-        for budget, curve in best_over_time(records).items():
-            print(f"        {budget:>6g} epochs  " + "  ".join(f"({60 * h:.1f}, {100 * a:.1f})" for h, a in curve))
-        chosen, source = fig4_records(records, study)
-        print("Fig. 4  Spearman rank correlation between budgets, over " + ("the study's configurations (each at every "
-              "budget)" if source == "study" else "the configurations BOHB promoted"))
-        for (b1, b2), (rho, n, why) in rank_correlations(chosen).items():
-            print(f"        {b1:g} vs {b2:g} epochs: " + (f"ρ = {rho:.2f} over {n} configurations" if why is None
-                                                          else f"n/a ({why}; run the search with --study 10)"))
-    kd = [s for s in searches if s[2].startswith("KD")]
-    plain = [s for s in searches if s[2].startswith("no KD")]
-    if kd and plain and kd[0][1] and plain[0][1]:
+def print_tables(arms, retrains):
+    note = plan_note(arms) if arms else None
+    if note:
+        print("\n" + note)
+    for arm in arms:
+        print_arm(arm)
+    kd = [a for a in arms if not a.no_kd]
+    plain = [a for a in arms if a.no_kd]
+    if kd and plain and kd[0].study and plain[0].study:
         print("\nKD minus no KD on the same students (the two studies train the same architectures)")
-        for budget, (mean, wins, n) in paired_difference(kd[0][1], plain[0][1]).items():
+        for budget, (mean, wins, n) in paired_difference(kd[0].study, plain[0].study).items():
             print(f"        {budget:>6g} epochs: {100 * mean:+6.2f} points on average; KD better for {wins} of {n}")
     if retrains:
-        print("\nTable 1 / Fig. 6  retrained students (test set)")
-        print(f"        {'run':<28} {'k':>3} {'accuracy %':>15} {'params M':>9} {'MiB/sample':>10}")
-        for summary, label in retrains:
-            students = summary["students"]
-            spread = f"± {summary['std']:<4.2f}" if summary["std"] is not None else ""  # None: one architecture
-            print(f"        {label:<28} {summary['k']:>3} {summary['mean']:>8.2f} {spread:<6} "
-                  f"{np.mean([s['params'] for s in students]) / 1e6:>9.3f} "
-                  f"{np.mean([s['memory_mb'] for s in students]):>10.3f}")
-            if summary.get("teacher"):
-                t = summary["teacher"]
-                print(f"        {'  its teacher':<28} {'':>3} {100 * t['accuracy']:>8.2f}        "
-                      f"{t['params'] / 1e6:>9.3f} {t['memory_mb']:>10.3f}")
-        with_kd = [s for s, _ in retrains if not s.get("no_kd")]
-        without = [s for s, _ in retrains if s.get("no_kd")]
-        if with_kd and without:
-            print(f"        KD minus no KD: {with_kd[0]['mean'] - without[0]['mean']:+.2f} points (spread across "
-                  f"architectures ± {with_kd[0]['std']:.2f} with KD, ± {without[0]['std']:.2f} without)")
+        print_retrains(retrains)
+
+
+def print_arm(arm):
+    records, study = arm.records, arm.study
+    configurations = sum(len({r["index"] for r in s.study}) for s in arm.searches)
+    print(f"\n== {arm.label}: {len(records)} evaluations, {sum(r['loss'] is None for r in records)} failed"
+          + (f"; study: {len(study)} evaluations of {configurations} configurations" if study else ""))
+    print("Fig. 2  accuracy per budget (search + study)   n    mean %   best %")
+    for budget, accs in accuracies_by_budget(records + study).items():
+        print(f"        {budget:>6g} epochs                  {len(accs):>5} {100 * np.mean(accs):>8.2f} "
+              f"{100 * max(accs):>8.2f}")
+    print_fig3(arm)
+    n, source = len(arm.searches), fig4_source(arm)
+    print("Fig. 4  Spearman rank correlation between budgets, over " + (
+        "the study's configurations (each at every budget)" if source == "study" else
+        "the configurations BOHB promoted" if source == "promoted by BOHB" else f"the {source}")
+        + (f"; per search, then mean ± std across the {n} searches" if n > 1 else ""))
+    for (b1, b2), results in pooled_correlations(arm.searches).items():
+        print(f"        {b1:g} vs {b2:g} epochs: {rho_text(results, n)}")
+
+
+def print_fig3(arm):
+    if len(arm.searches) == 1:
+        print("Fig. 3  best accuracy found by BOHB vs time (minutes since the search started, best %), per budget")
+        for budget, curve in best_over_time(arm.records).items():
+            print(f"        {budget:>6g} epochs  " + "  ".join(f"({m:.1f}, {100 * a:.1f})" for m, a in curve))
+        return
+    print(f"Fig. 3  best accuracy found by BOHB vs time, mean ± std over {len(arm.searches)} searches (minutes "
+          "since each search started, best %), per budget")
+    for budget in sorted({r["budget"] for r in arm.records}):
+        band = best_band(arm.searches, budget)
+        print(f"        {budget:>6g} epochs  " + (
+            "n/a (not every search has a result at this budget before the shortest one ended)" if band is None else
+            "  ".join(dict.fromkeys(f"({m:.1f}, {100 * a:.1f} ± {100 * s:.1f})"  # one point if the band is one
+                                    for m, a, s in zip(*(x[PRINTED] for x in band))))))
+
+
+def print_retrains(retrains):
+    print("\nTable 1 / Fig. 6  retrained students (test set)")
+    print(f"        {'run':<28} {'k':>3} {'test acc %':>10} {'spread':<20} {'params M':>9} {'MiB/sample':>10}")
+    for summary, label in retrains:
+        students = summary["students"]
+        print(f"        {label:<28} {summary['k']:>3} {summary['mean']:>10.2f} {spread(summary):<20} "
+              f"{np.mean([s['params'] for s in students]) / 1e6:>9.3f} "
+              f"{np.mean([s['memory_mb'] for s in students]):>10.3f}")
+        if summary.get("teacher"):
+            t = summary["teacher"]
+            print(f"        {'  its teacher':<28} {'':>3} {100 * t['accuracy']:>10.2f} {'':<20} "
+                  f"{t['params'] / 1e6:>9.3f} {t['memory_mb']:>10.3f}")
+    with_kd = [s for s, _ in retrains if not s.get("no_kd")]
+    without = [s for s, _ in retrains if s.get("no_kd")]
+    if with_kd and without:
+        print(f"        KD minus no KD: {with_kd[0]['mean'] - without[0]['mean']:+.2f} points (spread across "
+              f"architectures {spread(with_kd[0])} with KD, {spread(without[0])} without)")
 
 
 # ----------------------------------------------------------------------------------------------------
 # Figures
 
-def figures(searches, retrains, out):
+def figures(arms, retrains, out):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -217,71 +435,110 @@ def figures(searches, retrains, out):
         print("\nfigures skipped: matplotlib is not installed (pip install matplotlib)")
         return []
     out.mkdir(parents=True, exist_ok=True)
-    written = []
-    every = [accuracies_by_budget(records + study) for records, study, _ in searches]
-    budgets = sorted({b for accuracies in every for b in accuracies})
+    budgets = sorted({r["budget"] for arm in arms for r in arm.records + arm.study if r["loss"] is not None})
+    drawn = {"fig2_histograms.png": fig2(plt, arms, budgets), "fig3_best_vs_time.png": fig3(plt, arms, budgets),
+             "fig4_rank_correlation.png": fig4(plt, arms)}
+    if retrains:
+        drawn["fig6_accuracy_vs_memory.png"] = fig6(plt, retrains)
+    written = [save(fig, out / name, plt) for name, fig in drawn.items()]
+    for path in written:
+        print(f"wrote {path}")
+    return written
 
-    fig, axes = plt.subplots(1, len(budgets), figsize=(4 * len(budgets), 3.2), squeeze=False)
-    for ax, budget in zip(axes[0], budgets):
+
+def panels(plt, n, height):
+    fig, axes = plt.subplots(1, n, figsize=(4 * n, height), squeeze=False)
+    return fig, axes[0]
+
+
+def fig2(plt, arms, budgets):
+    every = [accuracies_by_budget(arm.records + arm.study) for arm in arms]
+    fig, axes = panels(plt, len(budgets), 3.2)
+    for ax, budget in zip(axes, budgets):
         values = [100 * np.array(accuracies.get(budget, [])) for accuracies in every]
-        bins = np.histogram_bin_edges(np.concatenate(values), bins=10)  # the same bins for KD and no KD
-        for color, accs, (_, _, label) in zip(("C0", "C1"), values, searches):
-            ax.hist(accs, bins=bins, alpha=0.55, color=color, label=f"{label} (n={len(accs)})")
+        bins = np.histogram_bin_edges(np.concatenate(values), bins=10)  # the same bins for both arms
+        for color, accs, arm in zip(COLORS, values, arms):
+            ax.hist(accs, bins=bins, alpha=0.55, color=color, label=f"{arm.label} (n={len(accs)})")
             if len(accs):
                 ax.axvline(accs.mean(), color=color, linestyle="--", linewidth=1.5)  # the mean
         ax.set(title=f"{budget:g} epoch{'s' * (budget != 1)} (dashed: means)", xlabel="hold-out accuracy %",
                ylabel="students")
         ax.yaxis.get_major_locator().set_params(integer=True)
         ax.legend(fontsize=6)
-    written.append(save(fig, out / "fig2_histograms.png", plt))
+    return fig
 
-    fig, axes = plt.subplots(1, len(budgets), figsize=(4 * len(budgets), 3.2), squeeze=False)
-    for ax, budget in zip(axes[0], budgets):
-        for records, _, label in searches:
-            curve = best_over_time(records).get(budget, [])
-            if curve:
-                hours, best = zip(*curve)
-                end = (max(r["finished"] for r in records) - min(r["started"] for r in records
-                                                                 if r["started"] is not None)) / 3600
-                ax.step(60 * np.array(hours + (end,)), 100 * np.array(best + best[-1:]), where="post",
-                        marker="o", markevery=len(hours) * [True] + [False], label=label)  # held to the search's end
+
+def fig3(plt, arms, budgets):
+    fig, axes = panels(plt, len(budgets), 3.2)
+    for ax, budget in zip(axes, budgets):
+        for color, arm in zip(COLORS, arms):
+            (draw_curve if len(arm.searches) == 1 else draw_band)(ax, arm, budget, color)
         ax.set(title=f"{budget:g} epoch{'s' * (budget != 1)}", xlabel="wall-clock minutes", ylabel="best accuracy %")
-    axes[0][0].legend(fontsize=7)
-    written.append(save(fig, out / "fig3_best_vs_time.png", plt))
+    axes[0].legend(fontsize=7)
+    return fig
 
-    fig, axes = plt.subplots(1, len(searches), figsize=(4 * len(searches), 3.6), squeeze=False)
-    for ax, (records, study, label) in zip(axes[0], searches):
-        chosen, source = fig4_records(records, study)
-        b = sorted({r["budget"] for r in chosen})
+
+def draw_curve(ax, arm, budget, color):
+    """One search's best-so-far steps, a marker at each improvement, held to the search's end."""
+    records = arm.records
+    curve = best_over_time(records).get(budget, [])
+    if curve:
+        minutes, best = zip(*curve)
+        ax.step(np.array(minutes + (span(records)[1],)), 100 * np.array(best + best[-1:]), where="post", color=color,
+                marker="o", markevery=len(minutes) * [True] + [False], label=arm.label)
+
+
+def draw_band(ax, arm, budget, color):
+    band = best_band(arm.searches, budget)
+    if band is not None:
+        grid, mean, std = band
+        ax.plot(grid, 100 * mean, color=color, marker="o", markevery=[0], label=f"{arm.label}: mean ± std")
+        ax.fill_between(grid, 100 * (mean - std), 100 * (mean + std), color=color, alpha=0.25)
+
+
+def fig4(plt, arms):
+    fig, axes = panels(plt, len(arms), 3.6)
+    for ax, arm in zip(axes, arms):
+        b = sorted({r["budget"] for s in arm.searches for r in fig4_records(s.records, s.study)[0]})
         matrix, text = np.eye(len(b)), [["1" for _ in b] for _ in b]
-        for (b1, b2), (rho, n, _) in rank_correlations(chosen).items():
-            i, j = b.index(b1), b.index(b2)
-            matrix[i, j] = matrix[j, i] = np.nan if rho is None else rho  # nan is drawn blank
-            text[i][j] = text[j][i] = f"n/a\nn={n}" if rho is None else f"{rho:.2f}\nn={n}"
+        for (b1, b2), results in pooled_correlations(arm.searches).items():
+            i, j, rhos = b.index(b1), b.index(b2), defined(results)[0]
+            matrix[i, j] = matrix[j, i] = np.mean(rhos) if rhos else np.nan  # nan is drawn blank
+            text[i][j] = text[j][i] = cell_text(results, len(arm.searches))
         ax.imshow(np.ma.masked_invalid(matrix), vmin=-1, vmax=1, cmap="RdBu")
         for i in range(len(b)):
             for j in range(len(b)):
                 dark = np.isfinite(matrix[i, j]) and abs(matrix[i, j]) > 0.6
                 ax.text(j, i, text[i][j], ha="center", va="center", fontsize=7, color="white" if dark else "black")
         ax.set(xticks=range(len(b)), yticks=range(len(b)), xticklabels=[f"{x:g}" for x in b],
-               yticklabels=[f"{x:g}" for x in b], xlabel="epochs", title=f"{label}\n({source})")
+               yticklabels=[f"{x:g}" for x in b], xlabel="epochs", title=f"{arm.label}\n({fig4_source(arm)})")
         ax.title.set_fontsize(8)
-    written.append(save(fig, out / "fig4_rank_correlation.png", plt))
+    return fig
 
-    if retrains:
-        fig, ax = plt.subplots(figsize=(5, 4))
-        for summary, label in retrains:
-            students = summary["students"]
-            ax.scatter([s["memory_mb"] for s in students], [100 * s["accuracy"] for s in students], label=label)
-            if summary.get("teacher"):
-                t = summary["teacher"]
-                ax.scatter([t["memory_mb"]], [100 * t["accuracy"]], marker="*", s=200, label=f"teacher ({label})")
-        ax.set(xlabel="activation memory per sample (MiB)", ylabel="test accuracy %")
-        ax.legend(fontsize=7)
-        written.append(save(fig, out / "fig6_accuracy_vs_memory.png", plt))
-    for path in written:
-        print(f"wrote {path}")
-    return written
+
+def cell_text(results, searches):
+    """A Fig. 4 cell: ρ and its configurations for one search; mean, ± std and searches with a ρ for several."""
+    rhos, _ = defined(results)
+    if searches == 1:
+        rho, n, _ = results[0]
+        return f"n/a\nn={n}" if rho is None else f"{rho:.2f}\nn={n}"
+    if not rhos:
+        return "n/a"
+    return f"{np.mean(rhos):.2f}" + (f"\n± {np.std(rhos, ddof=1):.2f}" if len(rhos) > 1 else "") + \
+        f"\n{len(rhos)}/{searches} searches"
+
+
+def fig6(plt, retrains):
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for summary, label in retrains:
+        students = summary["students"]
+        ax.scatter([s["memory_mb"] for s in students], [100 * s["accuracy"] for s in students], label=label)
+        if summary.get("teacher"):
+            t = summary["teacher"]
+            ax.scatter([t["memory_mb"]], [100 * t["accuracy"]], marker="*", s=200, label=f"teacher ({label})")
+    ax.set(xlabel="activation memory per sample (MiB)", ylabel="test accuracy %")
+    ax.legend(fontsize=7)
+    return fig
 
 
 def save(fig, path, plt):
@@ -291,18 +548,26 @@ def save(fig, path, plt):
     return path
 
 
+def parser():
+    p = cli.Parser(description=__doc__.split("\n\n")[0])
+    p.add_argument("search", nargs="+", help="the first arm: a search folder written by search.py, a folder of "
+                                             "its --repeats (repeat-*/), or several of either, pooled")
+    p.add_argument("--compare", nargs="+", default=[], metavar="SEARCH",
+                   help="a second arm given the same way, e.g. the --no-kd search(es) (Figs. 2-4)")
+    p.add_argument("--retrain", nargs="*", default=[], help="retrain folders written by retrain.py (Fig. 6, Table 1)")
+    p.add_argument("--out", default=None, help="folder for the PNG figures (default: <first search>/figures)")
+    return p
+
+
 @cli.cli
 def main(argv=None):
-    p = cli.Parser(description=__doc__.split("\n\n")[0])
-    p.add_argument("search", help="a search folder written by search.py")
-    p.add_argument("--compare", default=None, help="a second search folder, e.g. the --no-kd one (Figs. 2-4)")
-    p.add_argument("--retrain", nargs="*", default=[], help="retrain folders written by retrain.py (Fig. 6, Table 1)")
-    p.add_argument("--out", default=None, help="folder for the PNG figures (default: <search>/figures)")
-    args = p.parse_args(argv)
-    searches = [load_search(f) for f in [args.search] + ([args.compare] if args.compare else [])]
+    args = parser().parse_args(argv)
+    arms = [load_arm(folders) for folders in (args.search, args.compare) if folders]
+    check_alike([arm.searches[0] for arm in arms], ("dataset",),
+                "--compare draws both arms on the same axes: compare searches of one --dataset")
     retrains = [load_retrain(f) for f in args.retrain]
-    print_tables(searches, retrains)
-    figures(searches, retrains, Path(args.out or Path(args.search) / "figures"))
+    print_tables(arms, retrains)
+    figures(arms, retrains, Path(args.out or Path(args.search[0]) / "figures"))
 
 
 if __name__ == "__main__":

@@ -38,6 +38,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+from torchvision import datasets, transforms
+from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
 from machinery import cli, files
@@ -209,7 +212,6 @@ def digits_arrays(path, part):
 
 def torchvision_cifar_arrays(name, root, part, download):
     """CIFAR's original pickled batches through torchvision's own class (which checks their MD5)."""
-    from torchvision import datasets
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     if not download and not (root / cls.base_folder).is_dir():
         raise FileNotFoundError(
@@ -254,7 +256,6 @@ def image_folder_arrays(root, part, image_size, cache_dir):
 
 def decode_images(paths, image_size):
     """uint8 (N, 3, S, S); Pillow releases the GIL while decoding, so threads use every core."""
-    from PIL import Image
 
     def read(path):
         with Image.open(path) as im:
@@ -374,11 +375,10 @@ class Transformed(torch.utils.data.Dataset):
 
 
 def large_transforms(preset):
-    from torchvision import transforms as T
-    norm = [T.ToTensor(), T.Normalize(preset.mean, preset.std)]
+    norm = [transforms.ToTensor(), transforms.Normalize(preset.mean, preset.std)]
     s = preset.image_size
-    train = T.Compose([T.RandomResizedCrop(s), T.RandomHorizontalFlip()] + norm)
-    test = T.Compose([T.Resize(round(s / 0.875)), T.CenterCrop(s)] + norm)
+    train = transforms.Compose([transforms.RandomResizedCrop(s), transforms.RandomHorizontalFlip()] + norm)
+    test = transforms.Compose([transforms.Resize(round(s / 0.875)), transforms.CenterCrop(s)] + norm)
     return train, test
 
 
@@ -386,7 +386,6 @@ def large_image_set(name, root, part, download, cache_dir):
     """The ImageFolder of split `part` ("train" or "test"). MIT67: one Images/ folder and the
     official split files (lines like "kitchen/int474.jpg", relative to Images/); ImageNet: train/
     and val/ folders. (download and cache_dir do not apply: these are read from disk every epoch.)"""
-    from torchvision.datasets import ImageFolder
     if name == "imagenet":
         if not ((root / "train").is_dir() and (root / "val").is_dir()):
             raise FileNotFoundError(f"no imagenet data in {root}: expected {root}/train/<wnid>/*.JPEG "

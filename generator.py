@@ -1,32 +1,16 @@
-"""G(θ): the NAGO hierarchical random-graph generator that turns θ and a seed into a student network.
-
-AutoKD (Sec. 3.2) searches the hyperparameters θ of a network *generator* rather than one network.
-The generator is NAGO's (Ru et al., NeurIPS 2020): three levels of random graphs, where a node of a
-higher level is a whole graph of the level below.
-
-    top     a graph of cells          Watts-Strogatz   top_nodes, top_k, top_p
-    mid     a cell: graph of modules  Erdős-Rényi      mid_nodes, mid_p
-    bottom  a module: graph of units  Watts-Strogatz   bottom_nodes, bottom_k, bottom_p
-    unit    ReLU -> Conv3x3 -> BatchNorm
-
-The network is stemmed, wired across stages and initialised as in NAGO's released code
-(github rubinxin/vega_NAGO, zeus/networks/pytorch/customs/utils/layer.py): same parameter count,
-less the conv biases that a BatchNorm cancels. Two steps, so that an architecture can be saved
-beside a result and rebuilt bit-for-bit:
+"""G(θ): NAGO's hierarchical random-graph generator (Ru et al., NeurIPS 2020; AutoKD Sec. 3.2), which
+turns θ and a seed into a student: cells wired by a Watts-Strogatz graph (top_nodes, top_k, top_p),
+each a graph of modules (Erdős-Rényi: mid_nodes, mid_p), each a graph of ReLU-Conv3x3-BN units
+(Watts-Strogatz: bottom_nodes, bottom_k, bottom_p); stem, stages and initialisation as NAGO's code.
 
     arch = sample(theta, seed)    # plain JSON data: every graph, the stage of every cell, the width
-    model = build(arch)           # the torch.nn.Module
+    model = build(arch)           # the torch.nn.Module, rebuilt bit-for-bit from arch
 
-Run it:
+    python generator.py --theta best.json --seed 3 --save arch.json --draw arch.png   # Fig. 5
+    python generator.py --theta best.json --stages nago      # NAGO's stage rule instead of the even split
 
-    python generator.py --theta '{"top_nodes": 6, "top_k": 4, "top_p": 0.5, "mid_nodes": 4,
-        "mid_p": 0.6, "bottom_nodes": 4, "bottom_k": 2, "bottom_p": 0.5}' --seed 0
-    python generator.py --theta best.json --seed 3 --save arch.json --draw arch.png
-
-It prints the graph sizes per level, the chosen width, parameters (at most 4.0 M for 32 px images),
-MACs and activation memory per sample, and draws the three levels like the paper's Fig. 5
-(`python bench/generator_speed.py` times sampling, building and training steps; bench/RESULTS.md).
-`--stages nago` splits the cells into stages by NAGO's released rule instead of evenly (stages_of).
+It prints the graph sizes, the width chosen for the parameter limit (4.0 M at 32 px), parameters,
+MACs and activation memory per sample.
 """
 
 import sys
@@ -39,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 from torch.utils._pytree import tree_flatten
 
 from machinery import cli, files
@@ -428,7 +413,6 @@ def profile(model, image_size, device="cpu", batch_size=8):
     memory per image for inference (MiB) as an exact account of live tensor bytes (LiveTensorBytes),
     the same on every device: CUDA's allocator statistics would also count the other students that
     share the GPU, and the allocator's rounding. The input batch itself is not counted."""
-    from torch.utils.flop_counter import FlopCounterMode
     device = torch.device(device)
     was_training = model.training
     model.eval()

@@ -1,21 +1,15 @@
-"""Phase 2 of AutoKD: sample k architectures from the best generator G(θ*) and train them long.
-
-Paper Alg. 1 line 13 and Sec. 4: "we sample 8 architectures from the best found generator, train
-them for 600 epochs (with KD, using the optimal temperature and loss weight found during the search),
-and report the average performance (top-1 test accuracy)"; Table 1's caption: each averaged over 5
-runs. Each student is f_KD(θ*, 600) (train.f_kd) under DARTS's protocol with cutout, on the whole
-training set, scored on the test set.
+"""Phase 2 of AutoKD (Alg. 1 line 13, Sec. 4, Table 1): sample k = 8 architectures from the best
+generator G(θ*) and train each for 600 epochs with KD (τ*, α*), 5 runs each (train.f_kd under DARTS's
+protocol with cutout, on the whole training set), and report their test accuracy.
 
     python retrain.py --theta runs/search-cifar10/best.json --gpus 8          # 8 students x 5 runs x 600 epochs
     python retrain.py --theta runs/search-cifar10/best.json --gpus 8 --no-kd  # same students, no KD
     python retrain.py --theta runs/search-digits/best.json                    # quick start, minutes
 
-Prints and writes (to --out) a table: per architecture its seed, test accuracy (mean ± std over its
-runs), parameters, MACs and activation memory per sample; then the mean over architectures of their
-means, the spread across architectures and the spread across runs; and the teacher's own figures.
-Every student is checkpointed every epoch; re-running the same command resumes: finished runs are read
-from results.jsonl, unfinished ones continue from their checkpoints. A larger --k or --runs adds
-students to a finished folder.
+Prints and writes (table.txt, summary.json) per architecture its seed, accuracy mean ± std over its
+runs, parameters, MACs and memory per sample; the mean over architectures with the spreads across
+architectures and across runs; the teacher's figures. Re-running resumes (results.jsonl, checkpoints);
+a larger --k or --runs adds students.
 """
 import concurrent.futures as cf
 import dataclasses

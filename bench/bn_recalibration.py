@@ -31,7 +31,6 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import bohb  # noqa: E402
-import generator  # noqa: E402
 import search  # noqa: E402
 import train  # noqa: E402
 from bench import results  # noqa: E402

@@ -1,20 +1,13 @@
 """Where the students train: one worker process per device, each training several students at once.
 
     pool = make(slots(gpus=8, workers=0, workers_per_gpu=4), ray=None, init=Worker.load, initargs=(settings,))
-    future = pool.submit(with_worker(fn), *args)   # queued until a slot is free; fn(worker, *args)
+    future = pool.submit(with_worker(fn), *args)   # queued until a slot is free; runs fn(worker, *args)
 
-A concurrent.futures.Executor (bohb.py drives it through that interface alone); on many machines the
-same workers run as Ray actors (`--ray ADDRESS`, ray_pool.py). Each worker process runs `init` once
-(search.py and retrain.py load the data set and the teacher there) and hands what it returned to
-every task wrapped by executor.with_worker.
-
-Several students per GPU (`--workers-per-gpu N`) are N threads of that GPU's one process, each on its
-own CUDA stream: kernels of separate processes on one GPU time-slice unless NVIDIA MPS runs, kernels on
-separate streams of one process overlap, and the students share one copy of the data and the teacher.
-On the CPU each worker is a process of its own with one student, and the cores are split between them.
-
-Faults: a failing student fails its own evaluation; a worker process that dies fails the evaluations it
-was running and is replaced for the next ones; a worker whose parent dies exits at once.
+A concurrent.futures.Executor (bohb.py needs no more); `--ray ADDRESS` makes the same workers Ray
+actors (ray_pool.py). Each worker runs `init` once and hands what it returned to its tasks. Several
+students per GPU are threads of its one process on their own CUDA streams (separate processes would
+time-slice without NVIDIA MPS); on the CPU each worker is one student. A failing student fails its own
+task; a dead worker fails what it was running and is replaced; a worker whose parent dies exits.
 """
 import concurrent.futures as cf
 import multiprocessing
@@ -26,7 +19,7 @@ import threading
 import torch
 
 from machinery import cli, ray_pool
-from machinery.executor import Executor, RemoteError, WorkerDied, perform, settle, with_type
+from machinery.executor import Executor, RemoteError, WorkerDied, perform, with_type
 
 
 def slots(gpus, workers, workers_per_gpu=1, ray=None):

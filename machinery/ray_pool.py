@@ -78,7 +78,7 @@ def slots(address, gpus, workers_, workers_per_gpu):
     return [("cuda", workers_per_gpu)] * gpus if gpus else [("cpu", 1)] * workers_
 
 
-def summary(error):
+def last_error(error):
     """One line of a Ray error, which goes on with the actor's whole story: the last exception it names
     (e.g. "ModuleNotFoundError: No module named 'workers'" on a node without the code), else its first line."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
@@ -227,8 +227,8 @@ class RayPool(executor.Executor):
         if not ready:
             node = re.search(r"\bip=([0-9a-fA-F.:]+)", str(error))  # Ray's message names the node's address
             where = f"on node {node.group(1)}" if node else f"for {worker.device}"
-            return self.opened(worker, actor, None, f"the Ray actor {where} died while starting ({summary(error)})")
-        lost = executor.WorkerDied(f"the Ray actor on {worker.node} died ({summary(error)}); its evaluations "
+            return self.opened(worker, actor, None, f"the Ray actor {where} died while starting ({last_error(error)})")
+        lost = executor.WorkerDied(f"the Ray actor on {worker.node} died ({last_error(error)}); its evaluations "
                                   "in flight failed")
         if self.lost(worker, actor, lost):
             with self.lock:

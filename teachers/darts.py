@@ -1,20 +1,12 @@
-"""The DARTS teacher for small images: the DARTS_V2 cell in the CIFAR evaluation network.
-
-AutoKD (Sec. 4) distils its CIFAR students from "the best DARTS architecture" (Liu, Simonyan, Yang:
-"DARTS: Differentiable Architecture Search", ICLR 2019). That is the second-order cell DARTS_V2 stacked
-into the DARTS paper's CIFAR-10 evaluation network (Sec. 3.2, App. A.2): initial width 36, 20 cells,
-reduction cells at 1/3 and 2/3 of the depth, an auxiliary head at 2/3 depth (loss weight 0.4) and drop
-path (0.2). With width 36, 20 cells and 10 classes it has 3,349,342 parameters without the auxiliary
-head, the count the DARTS paper's Table 1 rounds to 3.3 M (tests/test_teachers.py checks it), and
-3,825,768 with it. The layers, their order and the outputs match the reference implementation
-(quark0/darts) exactly; the code is our own.
-
-Train it with the repository's training loop (600 epochs reach about 97.2 % on CIFAR-10):
+"""The DARTS teacher for small images (AutoKD Sec. 4: "the best DARTS architecture"): the DARTS_V2 cell
+in the DARTS paper's CIFAR-10 evaluation network (Liu et al., ICLR 2019, App. A.2): width 36, 20
+cells, reductions at 1/3 and 2/3 depth, an auxiliary head at 2/3 depth (loss weight 0.4), drop path
+0.2. Its parameter count is the DARTS paper's (tests/test_teachers.py); layers, order and outputs
+match quark0/darts; the code is our own.
 
     python train.py --arch darts --dataset cifar10 --split final --download --save teacher.pt
 
-Width and depth are options, so the offline demo can train a small one on the bundled digits set
-(16x16 images: the reductions give 16 -> 8 -> 4).
+Width and depth are options, so the quick start trains a small one on the bundled digits.
 """
 import torch
 import torch.nn as nn

@@ -1,20 +1,14 @@
-"""The Inception-ResNet-V2 teacher for 224 px data sets (MIT67, ImageNet), built through timm.
+"""The Inception-ResNet-V2 teacher for 224 px data sets (MIT67, ImageNet; AutoKD Sec. 4), through timm
+(an optional dependency, imported only here).
 
-AutoKD (Sec. 4) follows Liu et al. (2019b) and distils from Inception-ResNet-V2 (Szegedy et al.,
-"Inception-v4, Inception-ResNet and the Impact of Residual Connections on Learning", AAAI 2017) on the
-large-image data sets. Interpretation: the paper does not say how its MIT67 teacher was trained; a
-network of 54 M parameters (its Fig. 6) is normally fine-tuned from ImageNet weights on a set of
-5,360 training images, not trained from scratch, so train.py starts it from timm's ImageNet weights:
+Interpretation: the paper does not say how its MIT67 teacher was trained. A 54 M-parameter network on
+5,360 training images is normally fine-tuned from ImageNet weights, so train.py starts it from timm's
+`inception_resnet_v2.tf_in1k` (trained at 299 px on inputs in [-1, 1]; here 224 px inputs with
+ImageNet's mean and std, the students' own batches; fine-tuning's first BatchNorm absorbs the change):
 
     python train.py --arch inception_resnet_v2 --dataset mit67 --data-dir data/mit67 --split final --save teacher.pt
         --weights model.safetensors    timm's weights from a local file, where the hub cannot be reached
         --from-scratch                 random initial weights instead
-
-The weights are timm's `inception_resnet_v2.tf_in1k` (WEIGHTS_PAGE), trained at 299 px with inputs
-scaled to [-1, 1]. The teacher here sees 224 px inputs normalised with ImageNet's mean and std, the
-students' own batches (a KD step feeds both the same augmented images); the paper gives neither size.
-Fine-tuning adapts the weights: a per-channel affine change of the input passes through the first conv
-into the first BatchNorm, which renormalises it. timm is an optional dependency, imported only here.
 """
 from pathlib import Path
 

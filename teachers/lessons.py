@@ -1,21 +1,13 @@
 """The teacher's lessons computed once: its logits for every view of every training image.
 
-The paper names "the lessons computed on the fly" as the reason KD training is slower than plain
-training: every step runs the teacher forward. But while the augmentation is a finite set of views
-(random crops of a zero-padded image and horizontal flips, no cutout), the teacher can see each view
-once, before the first student, and every step looks its logits up instead:
+While the augmentation is a finite set of views (crops of a zero-padded image and flips, no cutout:
+CIFAR's 2 x 9 x 9 = 162 views per image), the teacher sees each view once, before the first student,
+and every step looks its logits up instead of running the teacher (the paper's "lessons computed on
+the fly"). A search's students share one table saved in its folder; the students of one GPU share its
+copy. Where the views are not finite or the table would not fit, the teacher runs live.
 
-    CIFAR (4 px padding, flips):   2 x 9 x 9 = 162 views per image
-                                   45,000 x 162 x 10 logits in bf16 = 146 MB (CIFAR-100: 1.46 GB)
-    digits (2 px padding):         5 x 5 = 25 views per image
-
-A search's students share one table, computed by one worker and saved in the search folder; the
-students of a GPU run in one process (machinery/pool.py) and share its copy on that GPU. Where the views are
-not finite (cutout in final CIFAR training, random-resized crops of 224 px images) or the table would
-not fit, the teacher runs live, and the log says so.
-
-    table = compute(teacher, data, autocast, memory_format)   # Lessons, (N, F, 2p+1, 2p+1, K)
-    table(views)                                              # (B, K) for a batch's views (data.batches)
+    table = compute(teacher, data, autocast, memory_format, dtype, key)   # Lessons, (N, F, 2p+1, 2p+1, K)
+    table(views)                                                          # (B, K) for a batch's views
 """
 import fcntl
 import hashlib

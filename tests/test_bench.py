@@ -5,6 +5,10 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+pytestmark = pytest.mark.slow  # every test runs a bench script
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

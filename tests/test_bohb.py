@@ -304,6 +304,7 @@ def read_lines(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("workers", [1, 3])
 def test_a_killed_run_resumes_without_repeating_or_losing_work(tmp_path, workers):
     script = tmp_path / "search.py"
@@ -352,6 +353,7 @@ def test_a_log_from_other_budgets_is_refused(tmp_path):
             bohb.BOHB(SPACE, 2, 18, eta=3, seed=0).run(bowl, executor, 1, log_path=str(log))
 
 
+@pytest.mark.slow
 def test_readme_commands_plan_and_demo():
     """The README's `python bohb.py --plan ...` prints Alg. 1's table; `--demo` runs to its comparison."""
     script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bohb.py")

@@ -225,6 +225,7 @@ def cli(*args, **kw):
     return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, **kw)
 
 
+@pytest.mark.slow
 def test_a_finished_search_run_again_exits_0_and_changes_nothing(tmp_path):
     out = tmp_path / "search"
     first = cli("search.py", *ONE, "--iterations", "1", "--out", str(out))
@@ -236,6 +237,7 @@ def test_a_finished_search_run_again_exits_0_and_changes_nothing(tmp_path):
     assert snapshot(out) == before
 
 
+@pytest.mark.slow
 def test_workers_die_with_their_killed_parent(tmp_path):
     """kill -9 of search.py: its worker processes exit within seconds (their pipe to the parent closes)."""
     out = tmp_path / "search"
@@ -270,6 +272,7 @@ def test_workers_die_with_their_killed_parent(tmp_path):
     assert not left, f"workers {left} outlived their parent by 10 s"
 
 
+@pytest.mark.slow
 def test_a_torn_last_line_of_retrain_results_is_run_again(tmp_path, files):
     """A kill in the middle of appending to retrain's results.jsonl: the resume drops the torn line,
     trains that student again and keeps the whole ones."""

@@ -109,6 +109,7 @@ def test_stages_split_cells_evenly_and_consecutively():
     assert G.stages_of(8) == [0, 0, 0, 1, 1, 1, 2, 2]
 
 
+@pytest.mark.slow
 def test_same_theta_and_seed_give_the_same_architecture_in_another_process():
     arch = G.sample(MID, seed=7)
     code = ("import json, sys; sys.path.insert(0, %r); import generator as G; "
@@ -567,6 +568,7 @@ def run_cli(*args, cwd=None):
                           text=True, cwd=cwd)
 
 
+@pytest.mark.slow
 def test_cli_prints_summary_saves_and_reloads(tmp_path):
     best = tmp_path / "best.json"
     best.write_text(json.dumps({"config": {**MIN, "tau": 4.0, "alpha": 0.9}, "accuracy": 0.9}))  # search.py's
@@ -589,6 +591,7 @@ def test_cli_stages_nago_is_saved_with_the_architecture(tmp_path, capsys):
     assert arch == json.loads(json.dumps(G.sample(theta, 0, 16, 10, 100_000, stages="nago")))
 
 
+@pytest.mark.slow
 def test_readme_generator_figures_and_imagenet_command():
     """The README's figures for the all-min and all-max θ, and its 224 px command (copied from the
     README, run as written) with the MACs the ImageNet cost estimate uses."""
@@ -613,6 +616,7 @@ def test_readme_generator_figures_and_imagenet_command():
     (["--arch", json.dumps({"a": 1})], "not an architecture file"),
     (["--arch", json.dumps({"a": 1}), "--stages", "nago"], "--stages applies to --theta"),
 ])
+@pytest.mark.slow
 def test_cli_errors_are_one_sentence_and_nonzero(args, fragment):
     out = run_cli(*args)
     assert out.returncode != 0
@@ -621,6 +625,7 @@ def test_cli_errors_are_one_sentence_and_nonzero(args, fragment):
     assert len(out.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_cli_draw_without_matplotlib_says_how_to_install(tmp_path):
     blocker = tmp_path / "matplotlib.py"
     blocker.write_text("raise ImportError('blocked for the test')\n")
@@ -630,6 +635,7 @@ def test_cli_draw_without_matplotlib_says_how_to_install(tmp_path):
     assert out.returncode != 0 and "pip install matplotlib" in out.stderr
 
 
+@pytest.mark.slow
 def test_cli_draw_writes_a_png(tmp_path):
     pytest.importorskip("matplotlib")
     out = run_cli("--theta", json.dumps(MID), "--draw", str(tmp_path / "a.png"))

@@ -10,11 +10,11 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test here starts search.py, retrain.py or report.py
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import train  # noqa: E402
-from helpers import worker_settings  # noqa: E402
-from machinery import pool as machinery_pool  # noqa: E402
 
 # 1 iteration of budgets 1 -> 2 epochs with η = 2: 2 @ 1 -> 1 @ 2, then 2 @ 2: 5 trainings, no study
 TINY = ["--dataset", "digits", "--min-budget", "1", "--max-budget", "2", "--iterations", "1",
@@ -125,48 +125,6 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     (out / "search.json").write_text(json.dumps({"settings": {"dataset": "digits", "seed": 1}}))
     s = cli("search.py", *ONE, "--out", str(out))
     assert s.returncode != 0 and "re-run with the same flags" in s.stderr and "Traceback" not in s.stderr
-
-
-def fail_in_worker(x):
-    raise RuntimeError("CUDA out of memory (simulated)")
-
-
-def die_in_worker(x):
-    os._exit(3)  # a worker process killed from under the pool
-
-
-def square(x):
-    return x * x
-
-
-def test_a_dead_worker_costs_one_evaluation_not_the_pool():
-    pool = machinery_pool.Pool([("cpu", 1), ("cpu", 1)], train.Worker.load, (worker_settings(),))
-    try:
-        assert pool.submit(square, 3).result() == 9
-        with pytest.raises(RuntimeError, match="simulated"):
-            pool.submit(fail_in_worker, 0).result()
-        dead = pool.submit(die_in_worker, 0)
-        with pytest.raises(Exception):
-            dead.result()
-        results = [pool.submit(square, i) for i in (4, 5)]  # both slots work again, one is a new process
-        assert [f.result() for f in results] == [16, 25]
-    finally:
-        pool.shutdown()
-
-
-def slow_square(x):
-    time.sleep(0.2)
-    return x * x
-
-
-def test_the_pool_queues_what_its_slots_cannot_take_yet():
-    """Like any Executor: more tasks than slots wait their turn; a slot holds several students."""
-    pool = machinery_pool.Pool([("cpu", 2)])
-    try:
-        futures = [pool.submit(slow_square, i) for i in range(7)]
-        assert [f.result(timeout=60) for f in futures] == [i * i for i in range(7)]
-    finally:
-        pool.shutdown()
 
 
 def test_failed_evaluations_are_logged_as_inf_and_the_search_goes_on(tmp_path):

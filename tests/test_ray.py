@@ -22,6 +22,8 @@ sys.path.insert(0, str(ROOT))
 import train  # noqa: E402
 from helpers import worker_settings  # noqa: E402
 
+pytestmark = pytest.mark.slow  # Ray clusters in a private network namespace
+
 HAVE_RAY = importlib.util.find_spec("ray") is not None  # not imported: Ray reads RAY_AUTH_MODE at import
 
 

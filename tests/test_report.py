@@ -103,6 +103,7 @@ def write_retrain(folder, no_kd, accuracies):
     (folder / "summary.json").write_text(json.dumps(retrain_summary(no_kd, accuracies)))
 
 
+@pytest.mark.slow
 def test_report_of_two_searches_with_studies_has_no_nan(tmp_path):
     search = [record(i, 1.0, 0.2 + 0.1 * i, iteration=0, bracket=0, t=60.0 * i) for i in range(2)]
     search += [record(1, 2.0, 0.6, iteration=0, bracket=0, rung=1, t=200.0)]  # one pair: no ρ from BOHB alone

@@ -35,6 +35,7 @@ def retrain(tmp_path, out, k, runs):
                           capture_output=True, text=True, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_three_architectures_of_three_runs(tmp_path):
     """Means 92, 82, 86 % (sample stds 2, 2, √3); their mean 86.67 %; across architectures the
     sample std of (92, 82, 86) is √(76/3) = 5.03; across runs the pooled std √((4 + 4 + 3) / 3) = 1.91."""
@@ -61,6 +62,7 @@ def table_of(tmp_path, accuracies):
     return R.table([json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()], None)
 
 
+@pytest.mark.slow
 def test_runs_of_unequal_number_are_pooled_by_their_degrees_of_freedom(tmp_path):
     """Architecture 0 finished 3 runs (variance 4), architecture 1 two (80 and 84: variance 8):
     pooled across runs √((2·4 + 1·8) / 3) = 2.31, where an average of the two stds would say 2.41."""
@@ -71,6 +73,7 @@ def test_runs_of_unequal_number_are_pooled_by_their_degrees_of_freedom(tmp_path)
     assert (stats["k"], stats["runs"]) == (2, 5)
 
 
+@pytest.mark.slow
 def test_one_run_each_says_the_spread_across_runs_was_not_measured(tmp_path):
     out = finished_folder(tmp_path, [[0.90], [0.80]])
     r = retrain(tmp_path, out, 2, 1)

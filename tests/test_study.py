@@ -6,6 +6,8 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import generator  # noqa: E402
@@ -66,6 +68,7 @@ def cli(*args):
                           cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_max_nodes_outside_nagos_range_is_refused(tmp_path):
     for bad in ("3", "11"):
         r = cli("--dataset", "digits", "--no-kd", "--max-nodes", bad, "--out", str(tmp_path / "o"))
@@ -73,6 +76,7 @@ def test_max_nodes_outside_nagos_range_is_refused(tmp_path):
         assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_a_study_runs_after_the_search_and_a_rerun_trains_nothing(tmp_path):
     out = tmp_path / "search"
     r = cli(*SMALL, "--study", "3", "--out", str(out))

@@ -326,6 +326,7 @@ def write_tiny_mit67(root):
         (root / name).write_text("\n".join(files) + "\n")
 
 
+@pytest.mark.slow
 def test_mit67_teacher_without_hub_or_weights_file_names_both_fixes(tmp_path):
     """The recipe's default is timm's ImageNet weights; offline, with nothing cached, the command ends
     in one line that names --weights FILE and --from-scratch."""

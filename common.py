@@ -5,6 +5,7 @@
     cli                    the wrapper of every stage's main(): a user's mistake (a missing file, a bad
                            value, a teacher for another data set) is one line on stderr and exit status 1
     check_config           the one checker of θ, τ and α for every entry point
+    excerpt, clip          a value or a name quoted in an error: at most 60 characters of it
     read_json, read_jsonl  JSON from a flag or a file, and JSON-lines logs, with errors that name the file
     write_json, save_checkpoint   atomic writes (temp file + rename) that honour the umask
     load_checkpoint        checkpoints read with weights_only=True
@@ -109,6 +110,20 @@ def cli(main):
     return wrapped
 
 
+def clip(text, limit=60):
+    """text cut to `limit` characters: an error quotes a value or a name, never a whole file."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def excerpt(value, limit=60):
+    """A value as short JSON for an error message (an 11 MB θ file gives a line, not 11 MB)."""
+    try:
+        text = json.dumps(value, default=str)
+    except (TypeError, ValueError):  # keys that JSON cannot hold, a circular value
+        text = repr(value)
+    return clip(text, limit)
+
+
 def describe(error):
     """One line for an exception: OSErrors name their file."""
     if isinstance(error, OSError) and error.strerror and error.filename:
@@ -122,9 +137,9 @@ def describe(error):
 def check_value(name, value, kind, low, high, what="θ"):
     """value as `kind` within [low, high], or a UserError naming it. A boolean is not a number."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise UserError(f"{what}[{name!r}] must be a number in [{low}, {high}], not {value!r}.")
+        raise UserError(f"{what}[{name!r}] must be a number in [{low}, {high}], not {excerpt(value)}.")
     if kind is int and value != int(value):
-        raise UserError(f"{what}[{name!r}] must be an integer in [{low}, {high}], not {value!r}.")
+        raise UserError(f"{what}[{name!r}] must be an integer in [{low}, {high}], not {excerpt(value)}.")
     if not low <= value <= high:
         raise UserError(f"{what}[{name!r}] = {value} is outside its range [{low}, {high}].")
     return kind(value)
@@ -136,10 +151,10 @@ def check_config(config, space, optional=(), what="θ"):
     if not isinstance(config, dict):
         raise UserError(f"{what} must be a JSON object with the keys {', '.join(space)}, not "
                         f"{type(config).__name__}.")
-    unknown = sorted(set(config) - set(space))
+    unknown = sorted(map(str, set(config) - set(space)))
     missing = [name for name in space if name not in config and name not in optional]
     if unknown or missing:
-        parts = ([f"unknown key(s) {', '.join(unknown)}"] if unknown else []) + \
+        parts = ([f"unknown key(s) {clip(', '.join(unknown))}"] if unknown else []) + \
                 ([f"missing key(s) {', '.join(missing)}"] if missing else [])
         raise UserError(f"{what} has {' and '.join(parts)}; the keys are {', '.join(space)}.")
     return {name: check_value(name, config[name], *space[name], what=what)
@@ -149,12 +164,20 @@ def check_config(config, space, optional=(), what="θ"):
 # ----------------------------------------------------------------------------------------------------
 # Files: JSON, JSON lines, atomic writes, checkpoints
 
+def inline(text):
+    """Whether a flag's text is JSON itself ('{...}', '[...]') rather than the name of a file."""
+    return text.lstrip().startswith(("{", "["))
+
+
+def json_where(text, what):
+    """How an error names JSON given to `what` (a flag) as `text`: inline, or its file (briefly)."""
+    return f"{what} (inline JSON)" if inline(text) else f"{what} file {clip(text, 200)}"
+
+
 def read_json(text, what):
     """A JSON value given inline ('{...}') or as a file name; one sentence naming the file if not."""
-    if text.lstrip().startswith(("{", "[")):
-        source, where = text, f"{what} (inline JSON)"
-    else:
-        where = f"{what} file {text}"
+    where, source = json_where(text, what), text
+    if not inline(text):
         try:
             source = Path(text).read_text()
         except IsADirectoryError:
@@ -267,10 +290,7 @@ def check_resume(old, new, keys, where, fix="re-run with the same flags to resum
     """An `error` naming the settings (among `keys`) in which `new` differs from `old`."""
     differ = [key for key in keys if old.get(key) != new.get(key)]
     if differ:
-        def short(value):
-            text = json.dumps(value, default=str)
-            return text if len(text) <= 60 else text[:57] + "..."
-        changes = "; ".join(f"{key} {short(old.get(key))} there, {short(new.get(key))} now" for key in differ)
+        changes = "; ".join(f"{key} {excerpt(old.get(key))} there, {excerpt(new.get(key))} now" for key in differ)
         raise error(f"{where} was made with other settings ({changes}): {fix}.")
 
 

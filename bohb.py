@@ -38,6 +38,7 @@ from scipy.special import logsumexp
 from scipy.stats import truncnorm
 
 import common
+from machinery import schema
 
 
 # ------------------------------------------------------------------------------------------------
@@ -259,7 +260,7 @@ class BOHB:
         self.history.append(result)
         return result
 
-    def complete(self, records, n_iterations):
+    def complete(self, records, n_iterations, log_path="the log"):
         """Whether a log's records hold every job of n_iterations iterations (told to this optimiser
         in the order it asks for them): a finished search needs no worker at all."""
         logged = {job_key(r): r for r in records}
@@ -267,8 +268,16 @@ class BOHB:
             record = logged.pop(job_key(job), None)
             if record is None:
                 return False
-            self.tell(record)
+            self.tell_logged(record, job, log_path)
         return True
+
+    def tell_logged(self, record, job, log_path="the log"):
+        """tell() a record read back from a log for `job`: it must be at the job's budget and a point
+        of this space, else the log was written by another search."""
+        if record["budget"] != job["budget"] or set(record["config"]) != set(self.space.names):
+            raise common.UserError(f"{log_path} was written by a search with other budgets or another space: "
+                                   "resume with the same settings, or give a new log path.")
+        self.tell(record)  # finished before the restart: the logged config is the truth
 
     def observe(self, config, budget, loss):
         """Give the model one more point (tell() does this; call it alone to warm-start the model)."""
@@ -297,7 +306,7 @@ class BOHB:
         logged. With an existing log_path the search resumes: logged jobs are told, not run again, and
         with one worker the resumed search is the uninterrupted one. A failed future is logged as a
         failure; a pool that refuses new work (a broken process pool) stops the run: run it again."""
-        records, whole = common.read_jsonl(log_path) if log_path else ([], 0)
+        records, whole = schema.read_jsonl(log_path, "bohb record") if log_path else ([], 0)
         logged = {job_key(r): r for r in records}
         n_workers = n_workers or getattr(executor, "_max_workers", 1)  # both stdlib pools set it
         running = {}  # future -> job, in submission order
@@ -312,11 +321,8 @@ class BOHB:
                             running[executor.submit(run_job, objective, job)] = job
                         except RuntimeError as error:
                             refusal = error
-                    elif record["budget"] != job["budget"] or set(record["config"]) != set(self.space.names):
-                        raise ValueError(f"{log_path} was written by a search with other budgets or another "
-                                         "space: resume with the same settings, or give a new log path.")
                     else:
-                        self.tell(record)  # finished before the restart: the logged config is the truth
+                        self.tell_logged(record, job, log_path)
                 if not running and refusal is None:
                     return self.history
                 # a refused pool: log every evaluation in flight (they fail with it) before stopping

@@ -43,13 +43,8 @@ MIN_PAIRS = 3  # Spearman's ρ over fewer configurations says nothing
 def read_records(path):
     """The records of a results.jsonl or study.jsonl, each checked. Only reads: a line cut short by a
     running search is left alone."""
-    records, _ = common.read_jsonl(path)
-    for number, r in enumerate(records, 1):
-        missing = [k for k in RECORD_KEYS if not isinstance(r, dict) or k not in r]
-        if missing or (r["loss"] is not None and "accuracy" not in r["info"]):
-            raise common.UserError(f"{path} line {number} is not a search result (missing "
-                                   f"{', '.join(missing) or 'info.accuracy'}); give a folder written by search.py.")
-    return records
+    from machinery import schema
+    return schema.read_jsonl(path, "search record")[0]
 
 
 def load_search(folder):

@@ -29,6 +29,8 @@ import common
 import generator
 import train
 import workers
+from data import DATASETS
+from machinery import schema
 
 # Retraining per data set: the paper's k = 8 architectures x 5 runs x 600 epochs, and a quick start
 # that fits the offline demo into minutes on a 2-core CPU.
@@ -93,11 +95,9 @@ def table(rows, teacher):
 
 
 def read_best(path):
-    """best.json from search.py, checked: one clear sentence when it is not one."""
-    best = common.read_json(path, "--theta")
-    if not isinstance(best, dict) or not isinstance(best.get("config"), dict) or "dataset" not in best:
-        raise common.UserError(f"--theta {path} is not a best.json from search.py (it needs 'config' and 'dataset').")
-    train.check_config(best["config"])
+    """best.json from search.py, checked field by field: one clear sentence when it is not one."""
+    best = schema.read_json(path, "best.json", "--theta", dataset=schema.text(*DATASETS))
+    train.check_config(best["config"], what=f"{common.json_where(path, '--theta')}: θ")
     return best
 
 
@@ -128,7 +128,10 @@ def run(args):
     out = Path(settings["out"])
     saved = out / "retrain.json"
     if saved.is_file():
-        common.check_resume(common.read_json(str(saved), "retrain.json")["settings"], settings, RESUME_KEYS, out)
+        common.check_resume(schema.read_json(saved, "retrain.json")["settings"], settings, RESUME_KEYS, out)
+    log, teacher_json = out / "results.jsonl", out / "teacher.json"  # checked before anything is written
+    rows, whole = schema.read_jsonl(log, "retrain result")
+    teacher_row = schema.read_json(teacher_json, "teacher.json") if teacher_json.is_file() else None
     common.check_writable(saved, "--out")
     if not settings["no_kd"]:
         from data import load_data
@@ -143,12 +146,9 @@ def run(args):
     if not saved.is_file():
         common.write_json(saved, {"settings": settings, "best": common.absolute(args.theta), "versions": common.versions()})
 
-    log = out / "results.jsonl"
-    rows, whole = common.read_jsonl(log)
     done = {(r["seed"], r["run"]) for r in rows}
     seeds = [args.seed + i for i in range(settings["k"])]  # k distinct architecture seeds
     jobs = [(i, seed, run) for i, seed in enumerate(seeds) for run in range(settings["runs"]) if (seed, run) not in done]
-    teacher_row = common.read_json(str(out / "teacher.json"), "teacher.json") if (out / "teacher.json").is_file() else None
     print(f"retraining {len(jobs)} of {settings['k']} x {settings['runs']} students of {json.dumps(best['config'])} "
           f"for {settings['epochs']} epochs {'without' if settings['no_kd'] else 'with'} KD -> {out}", flush=True)
     failures = []

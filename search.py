@@ -48,6 +48,7 @@ import teachers
 import train
 import workers
 from data import DATASETS, PRESETS as DATA_PRESETS, load_data
+from machinery import schema
 from teachers import lessons
 
 # Search settings per data set (paper Sec. 4): budgets in epochs and Hyperband iterations (each trains
@@ -216,8 +217,10 @@ class Progress:
         self.total = settings["iterations"] * bohb.plan_budget(search.plan)  # epochs in the whole search
         self.jobs = settings["iterations"] * sum(n for bracket in search.plan for n, _ in bracket)
         self.start, self.records, self.images_now = time.time(), [], 0
-        best = out / "best.json"
-        self.best = json.loads(best.read_text()) if best.is_file() else None
+        best = out / "best.json"  # derived from the log; what run() prints of it is required
+        self.best = None if not best.is_file() else schema.read_json(
+            best, "best.json", fix="delete it: search.py writes it again from results.jsonl",
+            accuracy=schema.number(0, 1), budget=schema.number(above=0))
 
     def resumed(self, records):
         self.records = list(records)
@@ -279,14 +282,14 @@ def study_jobs(settings, budgets):
 
 def study_left(jobs, path):
     """The study's jobs that its log (study.jsonl, in bohb.py's record format) does not hold yet."""
-    done = {(r["index"], r["rung"]) for r in common.read_jsonl(path)[0]}
+    done = {(r["index"], r["rung"]) for r in schema.read_jsonl(path, "search record")[0]}
     return [job for job in jobs if (job["index"], job["rung"]) not in done]
 
 
 def run_study(pool, todo, total, path):
     """Train the study's jobs `todo`, all queued at once on the pool, appending each result to `path`;
     a failure is logged like the search's, and the others go on."""
-    records, whole = common.read_jsonl(path)
+    records, whole = schema.read_jsonl(path, "search record")
     with common.open_log(path, whole) as log:
         futures = {pool.submit(bohb.run_job, objective, job): job for job in todo}
         for future in cf.as_completed(futures):
@@ -312,8 +315,11 @@ def run(args):
         settings["teacher"] = common.absolute(out / "teacher.pt")
     saved = out / "search.json"
     if saved.is_file():
-        before = {"max_nodes": MAX_NODES, **common.read_json(str(saved), "search.json")["settings"]}  # older folders
+        before = {"max_nodes": MAX_NODES, **schema.read_json(saved, "search.json")["settings"]}  # older folders
         common.check_resume(before, settings, RESUME_KEYS, out)
+    log = out / "results.jsonl"  # the logs are checked before anything is written
+    records, _ = schema.read_jsonl(log, "search record")
+    schema.read_jsonl(out / "study.jsonl", "search record")
     # Load the data and the teacher here once: a missing folder or a wrong teacher is one clear error
     # now, not a failure in every worker; and an image folder is decoded into its cache only once.
     data = load_data(settings["dataset"], settings["data_dir"], "search", val_size=settings["val_size"],
@@ -327,17 +333,16 @@ def run(args):
 
     make = lambda: bohb.BOHB(box(settings), settings["min_budget"], settings["max_budget"], settings["eta"],  # noqa: E731
                              settings["seed"])
-    search, log = make(), out / "results.jsonl"
+    search = make()
     progress = Progress(search, settings, out, provenance, len(data.train))
-    records, _ = common.read_jsonl(log)
     progress.resumed(records)
     if records:
         print(f"resuming {log}: {len(records)} evaluations already done")
     study = study_jobs(settings, sorted({budget for bracket in search.plan for _, budget in bracket}))
     todo = study_left(study, out / "study.jsonl")
-    complete = bool(records) and make().complete(records, settings["iterations"])
+    complete = bool(records) and make().complete(records, settings["iterations"], log)
     if complete:
-        search.complete(records, settings["iterations"])
+        search.complete(records, settings["iterations"], log)
         print("the search is complete" + ("; nothing to run" if not todo else ""))
     else:
         print(f"plan per Hyperband iteration: {bohb.format_plan(search.plan)}; {settings['iterations']} iteration(s)")

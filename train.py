@@ -32,6 +32,7 @@ import generator
 import teachers
 from data import DATASETS, batches, load_data
 from kd_loss import SPACE as KD_SPACE, check_kd_params
+from machinery import schema
 from step import DEVICE_RNG, SGD, KDStep, learning_rate, precision, set_lr
 
 TAU, ALPHA = 4.0, 0.9  # the usual KD setting (paper Sec. 3.1) when no searched value is given
@@ -287,7 +288,8 @@ def checkpoint(path, run, epoch, history, clock, gen):
 
 def restore(path, run, gen, log):
     """Load a checkpoint written by `checkpoint` into the run; returns (history, clock, epoch)."""
-    state = load_checkpoint(path)  # on the CPU: RNG states must be CPU tensors
+    # on the CPU: RNG states must be CPU tensors
+    state = schema.check("resumable checkpoint", load_checkpoint(path), path)
     common.check_resume(state["config"], run.cfg, RESUME_KEYS, path, "resume with the same settings, or start a "
                         "new file", error=common.CheckpointError)
     try:
@@ -310,11 +312,7 @@ def restore(path, run, gen, log):
 
 def load_checkpoint(path):
     """A train.py checkpoint (model, epoch, config), or a CheckpointError naming the file."""
-    state = common.load_checkpoint(path)
-    if not {"model", "epoch", "config"} <= state.keys():
-        raise common.CheckpointError(f"{path} is not a train.py checkpoint (no model/epoch/config); "
-                                     f"give a file written by train.py --save")
-    return state
+    return schema.check("checkpoint", common.load_checkpoint(path), path)
 
 
 def progress_line(row, epochs, split, eta_s):
@@ -328,10 +326,10 @@ def progress_line(row, epochs, split, eta_s):
 # ----------------------------------------------------------------------------------------------------
 # f_KD(θ, b): one student of G(θ), trained and scored
 
-def check_config(config):
+def check_config(config, what="θ"):
     """The one checker of a configuration for every entry point: θ (generator.SPACE) and, optional,
-    τ and α (kd_loss.SPACE); one sentence naming the key when anything is wrong."""
-    return common.check_config(config, {**generator.SPACE, **KD_SPACE}, optional=tuple(KD_SPACE))
+    τ and α (kd_loss.SPACE); one sentence naming the key (and `what` holds it) when anything is wrong."""
+    return common.check_config(config, {**generator.SPACE, **KD_SPACE}, optional=tuple(KD_SPACE), what=what)
 
 
 BUILD_LOCK = threading.Lock()  # seeding the initial weights touches the global RNG
@@ -374,8 +372,8 @@ def build_model(args, data):
         if getattr(args, flag) not in (None, False):
             raise common.UserError(f"--{flag.replace('_', '-')} applies to a teacher (--arch), not a --theta "
                                    f"student; drop it")
-    config = common.read_json(args.theta, "--theta")
-    config = check_config(config.get("config", config) if isinstance(config, dict) else config)
+    config = schema.read_json(args.theta, "θ", "--theta")  # a bare θ, or a best.json
+    config = check_config(config.get("config", config), what=f"{common.json_where(args.theta, '--theta')}: θ")
     arch = generator.sample({k: config[k] for k in generator.SPACE}, args.seed, data.image_size,
                             data.num_classes, args.max_params)
     return generator.build(arch), {"arch": "nago", "arch_options": {"arch": arch}}, config

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 import common
+from machinery import schema
 from . import darts, inception_resnet_v2
 
 BUILDERS = {"darts": darts.build, "inception_resnet_v2": inception_resnet_v2.build}
@@ -82,16 +83,13 @@ def load(path, dataset, num_classes, device="cpu"):
         checkpoint = common.load_checkpoint(path, map_location=device, what="train.py checkpoint")
     except common.CheckpointError:
         raise common.UserError(f"{path} is not a readable train.py checkpoint: {_train_hint(dataset)}") from None
-    config = checkpoint.get("config")
-    if not isinstance(config, dict) or "model" not in checkpoint:
-        raise common.UserError(f"{path} is not a train.py checkpoint (it has no config or model): "
-                               f"{_train_hint(dataset)}")
-    arch = config.get("arch")
+    config = schema.check("teacher checkpoint", checkpoint, path, fix=_train_hint(dataset))["config"]
+    arch = config["arch"]
     if arch not in BUILDERS:
-        raise common.UserError(f"{path} holds a {arch!r} network, not a teacher ({', '.join(BUILDERS)}): "
-                               f"{_train_hint(dataset)}")
-    if (config.get("dataset"), config.get("num_classes")) != (dataset, num_classes):
-        raise common.UserError(f"{path} was trained on {config.get('dataset')} ({config.get('num_classes')} "
+        raise common.UserError(f"{path} holds a {common.clip(repr(arch))} network, not a teacher "
+                               f"({', '.join(BUILDERS)}): {_train_hint(dataset)}")
+    if (config["dataset"], config["num_classes"]) != (dataset, num_classes):
+        raise common.UserError(f"{path} was trained on {common.clip(config['dataset'])} ({config['num_classes']} "
                                f"classes), not {dataset} ({num_classes} classes): {_train_hint(dataset)}")
     options = dict(config.get("arch_options", {}))
     for key in ("pretrained", "weights"):  # the checkpoint has the weights: nothing to download or read
@@ -106,5 +104,5 @@ def load(path, dataset, num_classes, device="cpu"):
         model.load_state_dict(state)
     except RuntimeError:
         raise common.UserError(f"{path} holds weights that do not fit its own config (arch {arch!r}, options "
-                               f"{options}): the file was altered; {_train_hint(dataset)}") from None
+                               f"{common.excerpt(options)}): the file was altered; {_train_hint(dataset)}") from None
     return model.to(device).eval()

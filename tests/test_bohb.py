@@ -352,6 +352,37 @@ def test_a_log_from_other_budgets_is_refused(tmp_path):
             bohb.BOHB(SPACE, 2, 18, eta=3, seed=0).run(bowl, executor, 1, log_path=str(log))
 
 
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda r: {}, "field iteration is missing"),
+    (lambda r: {**r, "loss": "abc"}, 'field loss must be a number or null, not "abc"'),
+    (lambda r: {**r, "config": {**r["config"], "x1": None}}, "field config.x1 must be a number, not null"),
+    (lambda r: {**r, "loss": None, "error": None}, "field error must say why the evaluation failed"),
+])
+def test_a_resumed_run_refuses_a_damaged_middle_line_in_one_line_and_runs_it_again_once_removed(tmp_path, damage,
+                                                                                                fragment):
+    """Branin on threads, as the demo runs it: a log line damaged in the middle stops the resumed run
+    before anything is appended, naming the line and the field; removing the line, as the error
+    says, runs that evaluation again and nothing else."""
+    log = tmp_path / "results.jsonl"
+    with cf.ThreadPoolExecutor(2) as executor:
+        bohb.BOHB(bohb.BRANIN_SPACE, 1, 9, eta=3, seed=0).run(bohb.branin, executor, 1, log_path=str(log))
+    lines = log.read_text().splitlines()
+    lines[4] = json.dumps(damage(json.loads(lines[4])))
+    log.write_text("\n".join(lines) + "\n")
+    damaged = log.read_bytes()
+    with cf.ThreadPoolExecutor(2) as executor, pytest.raises(ValueError) as caught:
+        bohb.BOHB(bohb.BRANIN_SPACE, 1, 9, eta=3, seed=0).run(bohb.branin, executor, 1, log_path=str(log))
+    message = str(caught.value)
+    assert message.startswith(f"{log} line 5 is not a BOHB log record: ") and fragment in message
+    assert message.endswith("repair or remove line 5 (a removed evaluation is run again).") and "\n" not in message
+    assert log.read_bytes() == damaged
+    log.write_text("\n".join(lines[:4] + lines[5:]) + "\n")
+    with cf.ThreadPoolExecutor(2) as executor:
+        bohb.BOHB(bohb.BRANIN_SPACE, 1, 9, eta=3, seed=0).run(bohb.branin, executor, 1, log_path=str(log))
+    after = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(after) == len(lines) and len({bohb.job_key(r) for r in after}) == len(after)
+
+
 def test_readme_commands_plan_and_demo():
     """The README's `python bohb.py --plan ...` prints Alg. 1's table; `--demo` runs to its comparison."""
     script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bohb.py")

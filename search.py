@@ -141,9 +141,7 @@ def resolve(args):
          "teacher": None if args.no_kd else common.absolute(args.teacher), "lessons": None}
     if s["min_budget"] > s["max_budget"]:
         raise common.UserError(f"--min-budget {s['min_budget']:g} is larger than --max-budget {s['max_budget']:g}.")
-    if int(round(s["min_budget"])) < 1:
-        raise common.UserError(f"--min-budget {s['min_budget']:g} rounds to 0 epochs; give at least 1.")
-    bohb.bracket_plan(s["min_budget"], s["max_budget"], s["eta"])
+    bohb.check_whole_budgets(s["min_budget"], s["max_budget"], s["eta"])
     if not 3 < s["max_nodes"] <= MAX_NODES:
         raise common.UserError(f"--max-nodes {s['max_nodes']} is outside NAGO's node range; give 4 to {MAX_NODES}.")
     largest = {name: high for name, (_, _, high) in box(s).items() if name in generator.SPACE}

@@ -99,7 +99,7 @@ BAD = [
     ("search", ["--dataset", "digits", "--workers-per-gpu", "-1"], "argument --workers-per-gpu"),
     ("search", ["--dataset", "digits", "--eta", "1"], "argument --eta: must be an integer >= 2"),
     ("search", ["--dataset", "digits", "--eta", "2.5"], "argument --eta: must be a whole number"),
-    ("search", ["--dataset", "digits", "--min-budget", "0.2"], "rounds to 0 epochs"),
+    ("search", ["--dataset", "digits", "--min-budget", "0.2"], "give --min-budget 1 or"),
     ("search", ["--dataset", "digits", "--min-budget", "-1"], "argument --min-budget: must be a number > 0"),
     ("search", ["--dataset", "digits", "--min-budget", "4", "--max-budget", "2"], "is larger than --max-budget"),
     ("search", ["--dataset", "digits", "--lr", "0"], "argument --lr: must be a number > 0"),
@@ -164,6 +164,10 @@ BAD = [
     ("generator", ["--theta", "{d}/theta_huge_value.json"], "θ['top_p'] must be a number"),
     ("report", ["{d}/string_accuracy"], 'line 2 is not a search result: field info.accuracy must be a number in [0, 1], '
                                         'not "0.9"; repair or remove line 2'),
+    ("search", ["--dataset", "digits", "--min-budget", "1", "--max-budget", "3"], "give --max-budget 2 or --max-budget 4"),
+    ("search", ["--dataset", "digits", "--max-budget", "1e12"], "give --max-budget at most 2048"),
+    ("bohb", ["--plan", "--min-budget", "1", "--max-budget", "3"], "make rungs of 1.5, 3 epochs"),
+    ("bohb", ["--plan", "--max-budget", "1e12"], "more than 10,000 trainings per Hyperband iteration"),
     ("bohb", ["--plan", "--eta", "1"], "argument --eta"),
     ("bohb", ["--plan", "--min-budget", "0"], "argument --min-budget"),
 ]

@@ -37,7 +37,7 @@ import numpy as np
 from scipy.special import logsumexp
 from scipy.stats import truncnorm
 
-from machinery import cli, files
+from machinery import cli, files, schema
 
 
 # ------------------------------------------------------------------------------------------------
@@ -87,6 +87,10 @@ class Space:
 # ------------------------------------------------------------------------------------------------
 # Hyperband brackets and successive halving (Alg. 1 lines 2-9)
 
+MAX_EVALUATIONS = 10_000  # trainings in one Hyperband iteration: budgets 1 -> 2,048 with eta = 2 make 9,127;
+# a ratio of 1e12 would start its first bracket from 2^39 configurations, more than memory holds
+
+
 def bracket_plan(min_budget, max_budget, eta):
     """One Hyperband iteration: a list of brackets, each a list of rungs (n_configs, budget).
 
@@ -95,18 +99,74 @@ def bracket_plan(min_budget, max_budget, eta):
     b_max * eta^-s (the extracted text lost the minus sign). Lines 8-9: rung i + 1 keeps floor(n_i / eta)
     configs at eta times the budget. This is Li et al.'s ceil formula, as in the paper; hpbandster
     floors instead ((s_max + 1) // (s + 1) * eta^s), e.g. 2 @ 60 rather than 3 @ 60 for eta = 2, 30 -> 120.
+    A plan of more than MAX_EVALUATIONS trainings per iteration is refused, naming the largest budget.
     """
     if not (isinstance(eta, int) and eta >= 2 and 0 < min_budget <= max_budget):
         raise cli.UserError(f"need an integer eta >= 2 and 0 < min_budget <= max_budget, got eta={eta}, "
                          f"budgets {min_budget} -> {max_budget}.")
-    s_max = 0  # counted with integer powers: log(243) / log(3) is 4.999... in floating point
-    while min_budget * eta ** (s_max + 1) <= max_budget * (1 + 1e-9):
-        s_max += 1
-    plan = []
-    for s in range(s_max, -1, -1):
-        n = -(-(s_max + 1) * eta**s // (s + 1))  # ceil in integers
-        plan.append([(n // eta**i, max_budget / eta ** (s - i)) for i in range(s + 1)])
-    return plan
+    limit = largest_s_max(eta)
+    s_max = steps(min_budget, max_budget, eta, limit)
+    if s_max > limit:
+        raise cli.UserError(f"--min-budget {min_budget:g} to --max-budget {max_budget:g} with --eta {eta} makes "
+                               f"more than {MAX_EVALUATIONS:,} trainings per Hyperband iteration; give --max-budget "
+                               f"at most {min_budget * eta**limit:g} (--min-budget x {eta}^{limit}).")
+    return [[(n, max_budget / eta ** (s - i)) for i, n in enumerate(sizes)]
+            for s, sizes in zip(range(s_max, -1, -1), rung_sizes(s_max, eta))]
+
+
+def steps(low, high, eta, limit):
+    """Alg. 1 line 2's s_max = floor(log_eta(high / low)), counted in integer powers (log(243) / log(3)
+    is 4.999... in floating point), and no further than limit + 1."""
+    k = 0
+    while k <= limit and low * eta ** (k + 1) <= high * (1 + 1e-9):
+        k += 1
+    return k
+
+
+def rung_sizes(s_max, eta):
+    """Configs at each rung of each bracket, s = s_max ... 0 (Alg. 1 lines 4 and 8-9), in integers."""
+    return [[-(-(s_max + 1) * eta**s // (s + 1)) // eta**i for i in range(s + 1)] for s in range(s_max, -1, -1)]
+
+
+def largest_s_max(eta):
+    """The largest s_max whose Hyperband iteration holds at most MAX_EVALUATIONS trainings."""
+    k = 0
+    while sum(map(sum, rung_sizes(k + 1, eta))) <= MAX_EVALUATIONS:
+        k += 1
+    return k
+
+
+def check_whole_budgets(min_budget, max_budget, eta):
+    """bracket_plan for budgets in epochs, which train.py trains whole and as given: every rung a whole
+    number, from --min-budget up to --max-budget = --min-budget x eta^k. Else (a rung of 1.5 epochs
+    would train 2, a --min-budget below the lowest rung none) a UserError suggesting valid budgets.
+    search.py and `bohb.py --plan` call it; the library takes any budgets (the demo's Branin)."""
+    plan = bracket_plan(min_budget, max_budget, eta)
+    if min_budget == int(min_budget) and max_budget == int(min_budget) * eta ** (len(plan) - 1):
+        return plan
+    rungs = sorted({budget for bracket in plan for _, budget in bracket})
+    raise cli.UserError(f"--min-budget {min_budget:g}, --max-budget {max_budget:g} and --eta {eta} make rungs of "
+                           f"{', '.join(f'{b:g}' for b in rungs)} epochs, but every budget must be a whole number "
+                           f"of epochs trained as given, up to --max-budget = --min-budget x {eta}^k: give "
+                           f"{' or '.join(whole_budgets(min_budget, max_budget, eta))}.")
+
+
+def whole_budgets(min_budget, max_budget, eta):
+    """Flags of valid whole budgets near the given ones: the nearest whole --min-budget with the
+    --max-budget = min x eta^k just below and just above the given one; and the given --max-budget,
+    if whole, with the whole --min-budget = max / eta^k just above and just below the given one."""
+    limit, low, top = largest_s_max(eta), max(1, round(min_budget)), int(max_budget)
+    k = steps(low, max_budget, eta, limit)  # low x eta^k <= max_budget < low x eta^(k + 1)
+    pairs = [(low, low * eta**i, i) for i in (k, k + 1)]
+    if top == max_budget:
+        j = steps(min_budget, top, eta, limit)  # top / eta^j >= min_budget > top / eta^(j + 1)
+        pairs += [(top // eta**i, top, i) for i in (j, j + 1) if top % eta**i == 0]
+    flags = []
+    for lo, hi, s_max in pairs:
+        text = " ".join([f"--min-budget {lo}"] * (lo != min_budget) + [f"--max-budget {hi}"] * (hi != max_budget))
+        if s_max <= limit and text not in flags:
+            flags.append(text)
+    return flags
 
 
 def plan_budget(plan):
@@ -259,7 +319,7 @@ class BOHB:
         self.history.append(result)
         return result
 
-    def complete(self, records, n_iterations):
+    def complete(self, records, n_iterations, log_path="the log"):
         """Whether a log's records hold every job of n_iterations iterations (told to this optimiser
         in the order it asks for them): a finished search needs no worker at all."""
         logged = {job_key(r): r for r in records}
@@ -267,8 +327,16 @@ class BOHB:
             record = logged.pop(job_key(job), None)
             if record is None:
                 return False
-            self.tell(record)
+            self.tell_logged(record, job, log_path)
         return True
+
+    def tell_logged(self, record, job, log_path="the log"):
+        """tell() a record read back from a log for `job`: it must be at the job's budget and a point
+        of this space, else the log was written by another search."""
+        if record["budget"] != job["budget"] or set(record["config"]) != set(self.space.names):
+            raise cli.UserError(f"{log_path} was written by a search with other budgets or another space: "
+                                   "resume with the same settings, or give a new log path.")
+        self.tell(record)  # finished before the restart: the logged config is the truth
 
     def observe(self, config, budget, loss):
         """Give the model one more point (tell() does this; call it alone to warm-start the model)."""
@@ -297,7 +365,7 @@ class BOHB:
         logged. With an existing log_path the search resumes: logged jobs are told, not run again, and
         with one worker the resumed search is the uninterrupted one. A failed future is logged as a
         failure; a pool that refuses new work (a broken process pool) stops the run: run it again."""
-        records, whole = files.read_jsonl(log_path) if log_path else ([], 0)
+        records, whole = schema.read_jsonl(log_path, "bohb record") if log_path else ([], 0)
         logged = {job_key(r): r for r in records}
         n_workers = n_workers or getattr(executor, "_max_workers", 1)  # both stdlib pools set it
         running = {}  # future -> job, in submission order
@@ -312,11 +380,8 @@ class BOHB:
                             running[executor.submit(run_job, objective, job)] = job
                         except RuntimeError as error:
                             refusal = error
-                    elif record["budget"] != job["budget"] or set(record["config"]) != set(self.space.names):
-                        raise ValueError(f"{log_path} was written by a search with other budgets or another "
-                                         "space: resume with the same settings, or give a new log path.")
                     else:
-                        self.tell(record)  # finished before the restart: the logged config is the truth
+                        self.tell_logged(record, job, log_path)
                 if not running and refusal is None:
                     return self.history
                 # a refused pool: log every evaluation in flight (they fail with it) before stopping
@@ -446,7 +511,8 @@ def main(argv=None):
     parser = cli.Parser(description=__doc__.split("\n\n")[0])
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--demo", action="store_true", help="run BOHB on a toy multi-fidelity Branin")
-    action.add_argument("--plan", action="store_true", help="print the brackets of one Hyperband iteration")
+    action.add_argument("--plan", action="store_true",
+                        help="print the brackets of one Hyperband iteration in whole epochs, as search.py runs them")
     parser.add_argument("--min-budget", type=cli.positive_float, default=30,
                         help="smallest budget (paper: 30 epochs)")
     parser.add_argument("--max-budget", type=cli.positive_float, default=120,
@@ -459,11 +525,10 @@ def main(argv=None):
     parser.add_argument("--seconds-per-budget", type=cli.nonnegative_float, default=1e-3,
                         help="demo: sleep this long per unit of budget, to imitate training time")
     args = parser.parse_args(argv)
-    plan = bracket_plan(args.min_budget, args.max_budget, args.eta)
     if args.plan:
-        print(format_plan(plan))
+        print(format_plan(check_whole_budgets(args.min_budget, args.max_budget, args.eta)))
     else:
-        demo(args)
+        demo(args)  # its budgets are Branin's fidelities, not epochs: bracket_plan's rules alone
 
 
 def eta(text):

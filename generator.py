@@ -26,7 +26,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 from torch.utils._pytree import tree_flatten
 
-from machinery import cli, files
+from machinery import cli, files, schema
 from teachers.darts import AuxiliaryHead as DARTSAuxiliaryHead, ScheduledDropPath, drop_path
 
 # The eight searched hyperparameters, (type, low, high), ranges of NAGO's released configuration.
@@ -476,11 +476,8 @@ def draw(arch, path):
 def read_theta(text):
     """θ from --theta: inline JSON or a file; a best.json from search.py carries it (with τ and α,
     which the generator does not use) under "config"."""
-    value = files.read_json(text, "--theta")
-    value = value.get("config", value) if isinstance(value, dict) else value
-    if isinstance(value, dict):
-        value = {k: v for k, v in value.items() if k not in ("tau", "alpha")}
-    return value
+    value = schema.read_json(text, "θ", "--theta")
+    return {k: v for k, v in value.get("config", value).items() if k not in ("tau", "alpha")}
 
 
 def summary(arch, model, seconds):

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from machinery import cli, files
+from machinery import cli, files, schema
 
 
 MIN_PAIRS = 3  # Spearman's ρ over fewer configurations says nothing
@@ -42,57 +42,10 @@ COLORS = ("C0", "C1")
 # ----------------------------------------------------------------------------------------------------
 # Reading the logs
 
-def number(x):
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-
-def integer(x):
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-FIELDS = {  # a search result's fields: (test, what the value must be)
-    "iteration": (lambda x: x is None or integer(x), "an integer or null"),
-    "bracket": (lambda x: x is None or integer(x), "an integer or null"),
-    "rung": (lambda x: integer(x) and x >= 0, "a non-negative integer"),
-    "index": (lambda x: integer(x) and x >= 0, "a non-negative integer"),
-    "budget": (lambda x: number(x) and x > 0, "a positive number"),
-    "config": (lambda x: isinstance(x, dict), "an object"),
-    "loss": (lambda x: x is None or number(x), "a finite number or null"),
-    "info": (lambda x: isinstance(x, dict), "an object"),
-    "started": (lambda x: x is None or number(x), "a time (a number) or null"),
-    "finished": (number, "a time (a number)"),
-}
-
-
-def check_record(record, path, line):
-    """A UserError naming the file, line and field unless `record` is a search result report.py can
-    count: every field of FIELDS of its type, info.accuracy in [0, 1] when the evaluation succeeded
-    (loss not null), info.arch_seed an integer when present."""
-    missing = [k for k in FIELDS if not isinstance(record, dict) or k not in record]
-    if missing:
-        raise cli.UserError(f"{path} line {line} is not a search result (missing {', '.join(missing)}); repair "
-                               "or remove the line, or give a folder written by search.py.")
-    checks = {name: (record[name], *rule) for name, rule in FIELDS.items()}
-    info = record["info"] if isinstance(record["info"], dict) else {}
-    if record["loss"] is not None:
-        checks["info.accuracy"] = (info.get("accuracy"), lambda x: number(x) and 0 <= x <= 1,
-                                   "a number in [0, 1] when loss is not null")
-    if "arch_seed" in info:
-        checks["info.arch_seed"] = (info["arch_seed"], integer, "an integer")
-    for name, (value, ok, must) in checks.items():
-        if not ok(value):
-            shown = json.dumps(value)
-            raise cli.UserError(f"{path} line {line}: {name} must be {must}, not "
-                                   f"{shown if len(shown) <= 40 else shown[:40] + '...'}; repair or remove the line.")
-
-
 def read_records(path):
-    """The records of a results.jsonl or study.jsonl ([] if there is none), each checked. Only reads:
-    a line cut short by a running search is left alone."""
-    records, _ = files.read_jsonl(path)
-    for line, record in enumerate(records, 1):
-        check_record(record, path, line)
-    return records
+    """The records of a results.jsonl or study.jsonl, each checked. Only reads: a line cut short by a
+    running search is left alone."""
+    return schema.read_jsonl(path, "search record")[0]
 
 
 @dataclass

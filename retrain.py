@@ -22,8 +22,8 @@ import numpy as np
 
 import generator
 import train
-from data import load_data
-from machinery import cli, files, pool
+from data import DATASETS, load_data
+from machinery import cli, files, pool, schema
 from machinery.executor import with_worker
 from teachers import lessons
 
@@ -92,11 +92,9 @@ def table(rows, teacher):
 
 
 def read_best(path):
-    """best.json from search.py, checked: one clear sentence when it is not one."""
-    best = files.read_json(path, "--theta")
-    if not isinstance(best, dict) or not isinstance(best.get("config"), dict) or "dataset" not in best:
-        raise cli.UserError(f"--theta {path} is not a best.json from search.py (it needs 'config' and 'dataset').")
-    train.check_config(best["config"])
+    """best.json from search.py, checked field by field: one clear sentence when it is not one."""
+    best = schema.read_json(path, "best.json", "--theta", dataset=schema.text(*DATASETS))
+    train.check_config(best["config"], what=f"{files.json_where(path, '--theta')}: θ")
     return best
 
 
@@ -165,7 +163,7 @@ def run(args):
     if not (out / "retrain.json").is_file():
         files.write_json(out / "retrain.json", {"settings": settings.to_json(), "best": files.absolute(args.theta),
                                                 "versions": files.versions()})
-    rows, whole = files.read_jsonl(out / "results.jsonl")
+    rows, whole = schema.read_jsonl(out / "results.jsonl", "retrain result")
     done = {(r["seed"], r["run"]) for r in rows}
     seeds = [settings.seed + i for i in range(settings.k)]  # k distinct architecture seeds
     jobs = [(i, seed, repeat) for i, seed in enumerate(seeds) for repeat in range(settings.runs)
@@ -179,10 +177,14 @@ def run(args):
 
 
 def check_folder(settings, out):
-    """A folder that holds a retraining is resumed only with the settings it was made with."""
+    """A folder that holds a retraining is resumed only with the settings it was made with, and only
+    when its files are whole: all is checked before anything is written."""
     saved = out / "retrain.json"
     if saved.is_file():
-        files.check_resume(files.read_json(str(saved), "retrain.json")["settings"], settings.to_json(), RESUME_KEYS, out)
+        files.check_resume(schema.read_json(saved, "retrain.json")["settings"], settings.to_json(), RESUME_KEYS, out)
+    schema.read_jsonl(out / "results.jsonl", "retrain result")
+    if (out / "teacher.json").is_file():
+        schema.read_json(out / "teacher.json", "teacher.json")
     files.check_writable(saved, "--out")
 
 
@@ -234,7 +236,7 @@ def summarise(settings, best, rows, failures, out):
     """Table 1's row printed and written (table.txt, summary.json); the failures said last."""
     if not rows:
         raise cli.UserError(f"no student finished: {'; '.join(failures)}")
-    teacher = files.read_json(str(out / "teacher.json"), "teacher.json") if (out / "teacher.json").is_file() else None
+    teacher = schema.read_json(out / "teacher.json", "teacher.json") if (out / "teacher.json").is_file() else None
     text, stats = table(rows, teacher)
     print(text)
     (out / "table.txt").write_text(text + "\n")

@@ -47,7 +47,7 @@ import kd_loss
 import teachers
 import train
 from data import DATASETS, PRESETS as DATA_PRESETS, load_data
-from machinery import cli, files, pool
+from machinery import cli, files, pool, schema
 from machinery.executor import with_worker
 from teachers import lessons
 
@@ -181,9 +181,7 @@ def check(s, args):
     """Refuse settings that cannot run, each in one sentence naming the flag."""
     if s.min_budget > s.max_budget:
         raise cli.UserError(f"--min-budget {s.min_budget:g} is larger than --max-budget {s.max_budget:g}.")
-    if int(round(s.min_budget)) < 1:
-        raise cli.UserError(f"--min-budget {s.min_budget:g} rounds to 0 epochs; give at least 1.")
-    bohb.bracket_plan(s.min_budget, s.max_budget, s.eta)
+    bohb.check_whole_budgets(s.min_budget, s.max_budget, s.eta)
     if not 3 < s.max_nodes <= MAX_NODES:
         raise cli.UserError(f"--max-nodes {s.max_nodes} is outside NAGO's node range; give 4 to {MAX_NODES}.")
     largest = {name: high for name, (_, _, high) in box(s).items() if name in generator.SPACE}
@@ -259,9 +257,11 @@ class Progress:
         self.total = settings.iterations * bohb.plan_budget(search.plan)  # epochs in the whole search
         self.jobs = settings.iterations * sum(n for bracket in search.plan for n, _ in bracket)
         self.start, self.images_now = time.time(), 0
-        self.records, _ = files.read_jsonl(out / "results.jsonl")
-        best = out / "best.json"
-        self.best = json.loads(best.read_text()) if best.is_file() else None
+        self.records, _ = schema.read_jsonl(out / "results.jsonl", "search record")
+        best = out / "best.json"  # derived from the log; what run() prints of it is required
+        self.best = None if not best.is_file() else schema.read_json(
+            best, "best.json", fix="delete it: search.py writes it again from results.jsonl",
+            accuracy=schema.number(0, 1), budget=schema.number(above=0))
         print(f"plan per Hyperband iteration: {bohb.format_plan(search.plan)}; {settings.iterations} iteration(s)")
         print(self.cost(), flush=True)
         if self.records:
@@ -328,7 +328,7 @@ def study_jobs(settings, budgets):
 
 def study_left(jobs, path):
     """The study's jobs that its log (study.jsonl, in bohb.py's record format) does not hold yet."""
-    done = {(r["index"], r["rung"]) for r in files.read_jsonl(path)[0]}
+    done = {(r["index"], r["rung"]) for r in schema.read_jsonl(path, "search record")[0]}
     return [job for job in jobs if (job["index"], job["rung"]) not in done]
 
 
@@ -344,7 +344,7 @@ def run_study(workers, todo, path):
         return
     print(f"the study for Fig. 4: {len({job['index'] for job in todo})} random configurations at every budget, "
           f"{len(todo)} trainings, {sum(job['budget'] for job in todo):g} epochs", flush=True)
-    records, whole = files.read_jsonl(path)
+    records, whole = schema.read_jsonl(path, "search record")
     with files.open_log(path, whole) as log:
         futures = {workers.submit(bohb.run_job, with_worker(objective), job): job for job in todo}
         for future in cf.as_completed(futures):
@@ -382,10 +382,13 @@ def run(args):
 
 
 def check_folder(settings, out):
-    """A folder that holds a search is resumed only with the settings it was made with."""
+    """A folder that holds a search is resumed only with the settings it was made with, and only when
+    its logs are whole: all is checked before anything is written."""
     saved = out / "search.json"
     if saved.is_file():
-        files.check_resume(files.read_json(str(saved), "search.json")["settings"], settings.to_json(), RESUME_KEYS, out)
+        files.check_resume(schema.read_json(saved, "search.json")["settings"], settings.to_json(), RESUME_KEYS, out)
+    for log in ("results.jsonl", "study.jsonl"):
+        schema.read_jsonl(out / log, "search record")
 
 
 def write_provenance(settings, out):

@@ -30,7 +30,7 @@ import generator
 import teachers
 from data import DATASETS, batches, load_data
 from kd_loss import SPACE as KD_SPACE, check_kd_params, kd_loss
-from machinery import cli, files
+from machinery import cli, files, schema
 from machinery.capture import DEVICE_RNG_LOCK, SGD, CapturedStep, learning_rate, precision, set_lr
 from machinery.executor import with_worker
 from teachers import lessons
@@ -355,7 +355,7 @@ def checkpoint(run, epoch, history, clock, gen):
 def restore(run, gen):
     """Load the checkpoint written by `checkpoint` into the run; returns (history, clock, epoch)."""
     path = run.options.save
-    state = load_checkpoint(path)  # on the CPU: RNG states must be CPU tensors
+    state = schema.check("resumable checkpoint", load_checkpoint(path), path)  # RNG states on the CPU
     files.check_resume(state["config"], run.cfg, RESUME_KEYS, path, "resume with the same settings, or start a "
                        "new file", error=files.CheckpointError)
     try:
@@ -378,20 +378,16 @@ def restore(run, gen):
 
 def load_checkpoint(path):
     """A train.py checkpoint (model, epoch, config), or a CheckpointError naming the file."""
-    state = files.load_checkpoint(path)
-    if not {"model", "epoch", "config"} <= state.keys():
-        raise files.CheckpointError(f"{path} is not a train.py checkpoint (no model/epoch/config); "
-                                    f"give a file written by train.py --save")
-    return state
+    return schema.check("checkpoint", files.load_checkpoint(path), path)
 
 
 # ----------------------------------------------------------------------------------------------------
 # f_KD(θ, b): one student of G(θ), trained and scored
 
-def check_config(config):
+def check_config(config, what="θ"):
     """The one checker of a configuration for every entry point: θ (generator.SPACE) and, optional,
-    τ and α (kd_loss.SPACE); one sentence naming the key when anything is wrong."""
-    return cli.check_config(config, {**generator.SPACE, **KD_SPACE}, optional=tuple(KD_SPACE))
+    τ and α (kd_loss.SPACE); one sentence naming the key (and `what` holds it) when anything is wrong."""
+    return cli.check_config(config, {**generator.SPACE, **KD_SPACE}, optional=tuple(KD_SPACE), what=what)
 
 
 BUILD_LOCK = threading.Lock()  # seeding the initial weights touches the global RNG
@@ -521,8 +517,8 @@ def build_model(args, data):
         if getattr(args, flag) not in (None, False):
             raise cli.UserError(f"--{flag.replace('_', '-')} applies to a teacher (--arch), not a --theta "
                                    f"student; drop it")
-    config = files.read_json(args.theta, "--theta")
-    config = check_config(config.get("config", config) if isinstance(config, dict) else config)
+    config = schema.read_json(args.theta, "θ", "--theta")  # a bare θ, or a best.json
+    config = check_config(config.get("config", config), what=f"{files.json_where(args.theta, '--theta')}: θ")
     arch = generator.sample({k: config[k] for k in generator.SPACE}, args.seed, data.image_size,
                             data.num_classes, max_params=args.max_params)
     return generator.build(arch), {"arch": "nago", "arch_options": {"arch": arch}}, config

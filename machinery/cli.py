@@ -7,6 +7,7 @@ Exit status: 0 done, 1 the command could not be done (the message says why and w
 import argparse
 import datetime
 import functools
+import json
 import math
 import sys
 
@@ -93,6 +94,20 @@ def cli(main):
     return wrapped
 
 
+def clip(text, limit=60):
+    """text cut to `limit` characters: an error quotes a value or a name, never a whole file."""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def excerpt(value, limit=60):
+    """A value as short JSON for an error message (an 11 MB θ file gives a line, not 11 MB)."""
+    try:
+        text = json.dumps(value, default=str)
+    except (TypeError, ValueError):  # keys that JSON cannot hold, a circular value
+        text = repr(value)
+    return clip(text, limit)
+
+
 def describe(error):
     """One line for an exception: OSErrors name their file."""
     if isinstance(error, OSError) and error.strerror and error.filename:
@@ -106,9 +121,9 @@ def describe(error):
 def check_value(name, value, kind, low, high, what="θ"):
     """value as `kind` within [low, high], or a UserError naming it. A boolean is not a number."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise UserError(f"{what}[{name!r}] must be a number in [{low}, {high}], not {value!r}.")
+        raise UserError(f"{what}[{name!r}] must be a number in [{low}, {high}], not {excerpt(value)}.")
     if kind is int and value != int(value):
-        raise UserError(f"{what}[{name!r}] must be an integer in [{low}, {high}], not {value!r}.")
+        raise UserError(f"{what}[{name!r}] must be an integer in [{low}, {high}], not {excerpt(value)}.")
     if not low <= value <= high:
         raise UserError(f"{what}[{name!r}] = {value} is outside its range [{low}, {high}].")
     return kind(value)
@@ -120,10 +135,10 @@ def check_config(config, space, optional=(), what="θ"):
     if not isinstance(config, dict):
         raise UserError(f"{what} must be a JSON object with the keys {', '.join(space)}, not "
                         f"{type(config).__name__}.")
-    unknown = sorted(set(config) - set(space))
+    unknown = sorted(map(str, set(config) - set(space)))
     missing = [name for name in space if name not in config and name not in optional]
     if unknown or missing:
-        parts = ([f"unknown key(s) {', '.join(unknown)}"] if unknown else []) + \
+        parts = ([f"unknown key(s) {clip(', '.join(unknown))}"] if unknown else []) + \
                 ([f"missing key(s) {', '.join(missing)}"] if missing else [])
         raise UserError(f"{what} has {' and '.join(parts)}; the keys are {', '.join(space)}.")
     return {name: check_value(name, config[name], *space[name], what=what)

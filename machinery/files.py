@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from machinery.cli import UserError
+from machinery.cli import UserError, clip, excerpt
 
 UMASK = os.umask(0o022)
 os.umask(UMASK)  # read once, at import, in the main thread
@@ -20,12 +20,20 @@ os.umask(UMASK)  # read once, at import, in the main thread
 # ----------------------------------------------------------------------------------------------------
 # Files: JSON, JSON lines, atomic writes, checkpoints
 
+def inline(text):
+    """Whether a flag's text is JSON itself ('{...}', '[...]') rather than the name of a file."""
+    return text.lstrip().startswith(("{", "["))
+
+
+def json_where(text, what):
+    """How an error names JSON given to `what` (a flag) as `text`: inline, or its file (briefly)."""
+    return f"{what} (inline JSON)" if inline(text) else f"{what} file {clip(text, 200)}"
+
+
 def read_json(text, what):
     """A JSON value given inline ('{...}') or as a file name; one sentence naming the file if not."""
-    if text.lstrip().startswith(("{", "[")):
-        source, where = text, f"{what} (inline JSON)"
-    else:
-        where = f"{what} file {text}"
+    where, source = json_where(text, what), text
+    if not inline(text):
         try:
             source = Path(text).read_text()
         except IsADirectoryError:
@@ -136,10 +144,7 @@ def check_resume(old, new, keys, where, fix="re-run with the same flags to resum
     """An `error` naming the settings (among `keys`) in which `new` differs from `old`."""
     differ = [key for key in keys if old.get(key) != new.get(key)]
     if differ:
-        def short(value):
-            text = json.dumps(value, default=str)
-            return text if len(text) <= 60 else text[:57] + "..."
-        changes = "; ".join(f"{key} {short(old.get(key))} there, {short(new.get(key))} now" for key in differ)
+        changes = "; ".join(f"{key} {excerpt(old.get(key))} there, {excerpt(new.get(key))} now" for key in differ)
         raise error(f"{where} was made with other settings ({changes}): {fix}.")
 
 

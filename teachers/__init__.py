@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from machinery import cli, files
+from machinery import cli, files, schema
 from . import darts, inception_resnet_v2
 
 BUILDERS = {"darts": darts.build, "inception_resnet_v2": inception_resnet_v2.build}
@@ -82,16 +82,13 @@ def load(path, dataset, num_classes, device="cpu"):
         checkpoint = files.load_checkpoint(path, map_location=device, what="train.py checkpoint")
     except files.CheckpointError:
         raise cli.UserError(f"{path} is not a readable train.py checkpoint: {_train_hint(dataset)}") from None
-    config = checkpoint.get("config")
-    if not isinstance(config, dict) or "model" not in checkpoint:
-        raise cli.UserError(f"{path} is not a train.py checkpoint (it has no config or model): "
-                               f"{_train_hint(dataset)}")
-    arch = config.get("arch")
+    config = schema.check("teacher checkpoint", checkpoint, path, fix=_train_hint(dataset))["config"]
+    arch = config["arch"]
     if arch not in BUILDERS:
-        raise cli.UserError(f"{path} holds a {arch!r} network, not a teacher ({', '.join(BUILDERS)}): "
-                               f"{_train_hint(dataset)}")
-    if (config.get("dataset"), config.get("num_classes")) != (dataset, num_classes):
-        raise cli.UserError(f"{path} was trained on {config.get('dataset')} ({config.get('num_classes')} "
+        raise cli.UserError(f"{path} holds a {cli.clip(repr(arch))} network, not a teacher "
+                               f"({', '.join(BUILDERS)}): {_train_hint(dataset)}")
+    if (config["dataset"], config["num_classes"]) != (dataset, num_classes):
+        raise cli.UserError(f"{path} was trained on {cli.clip(config['dataset'])} ({config['num_classes']} "
                                f"classes), not {dataset} ({num_classes} classes): {_train_hint(dataset)}")
     options = dict(config.get("arch_options", {}))
     for key in ("pretrained", "weights"):  # the checkpoint has the weights: nothing to download or read
@@ -106,5 +103,5 @@ def load(path, dataset, num_classes, device="cpu"):
         model.load_state_dict(state)
     except RuntimeError:
         raise cli.UserError(f"{path} holds weights that do not fit its own config (arch {arch!r}, options "
-                               f"{options}): the file was altered; {_train_hint(dataset)}") from None
+                               f"{cli.excerpt(options)}): the file was altered; {_train_hint(dataset)}") from None
     return model.to(device).eval()

@@ -353,6 +353,84 @@ def test_a_log_from_other_budgets_is_refused(tmp_path):
             bohb.BOHB(SPACE, 2, 18, eta=3, seed=0).run(bowl, executor, 1, log_path=str(log))
 
 
+@pytest.mark.parametrize("damage, fragment", [
+    (lambda r: {}, "field iteration is missing"),
+    (lambda r: {**r, "loss": "abc"}, 'field loss must be a number or null, not "abc"'),
+    (lambda r: {**r, "config": {**r["config"], "x1": None}}, "field config.x1 must be a number, not null"),
+    (lambda r: {**r, "loss": None, "error": None}, "field error must say why the evaluation failed"),
+])
+def test_a_resumed_run_refuses_a_damaged_middle_line_in_one_line_and_runs_it_again_once_removed(tmp_path, damage,
+                                                                                                fragment):
+    """Branin on threads, as the demo runs it: a log line damaged in the middle stops the resumed run
+    before anything is appended, naming the line and the field; removing the line, as the error
+    says, runs that evaluation again and nothing else."""
+    log = tmp_path / "results.jsonl"
+    with cf.ThreadPoolExecutor(2) as executor:
+        bohb.BOHB(bohb.BRANIN_SPACE, 1, 9, eta=3, seed=0).run(bohb.branin, executor, 1, log_path=str(log))
+    lines = log.read_text().splitlines()
+    lines[4] = json.dumps(damage(json.loads(lines[4])))
+    log.write_text("\n".join(lines) + "\n")
+    damaged = log.read_bytes()
+    with cf.ThreadPoolExecutor(2) as executor, pytest.raises(ValueError) as caught:
+        bohb.BOHB(bohb.BRANIN_SPACE, 1, 9, eta=3, seed=0).run(bohb.branin, executor, 1, log_path=str(log))
+    message = str(caught.value)
+    assert message.startswith(f"{log} line 5 is not a BOHB log record: ") and fragment in message
+    assert message.endswith("repair or remove line 5 (a removed evaluation is run again).") and "\n" not in message
+    assert log.read_bytes() == damaged
+    log.write_text("\n".join(lines[:4] + lines[5:]) + "\n")
+    with cf.ThreadPoolExecutor(2) as executor:
+        bohb.BOHB(bohb.BRANIN_SPACE, 1, 9, eta=3, seed=0).run(bohb.branin, executor, 1, log_path=str(log))
+    after = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(after) == len(lines) and len({bohb.job_key(r) for r in after}) == len(after)
+
+
+# ------------------------------------------------------------------------------------------------
+# Plans in epochs: whole budgets, trained as given; and plans of a size that can run
+
+@pytest.mark.parametrize("min_budget, max_budget, eta", [(30, 120, 2), (1, 4, 2), (1, 81, 3), (5, 5, 2), (2, 2048, 2)])
+def test_a_plan_of_whole_epochs_trains_every_budget_as_given(min_budget, max_budget, eta):
+    plan = bohb.check_whole_budgets(min_budget, max_budget, eta)
+    budgets = sorted({b for bracket in plan for _, b in bracket})
+    assert budgets == [min_budget * eta**i for i in range(len(plan))] and budgets[-1] == max_budget
+    assert all(b == int(b) for b in budgets)
+
+
+@pytest.mark.parametrize("min_budget, max_budget, eta, rungs, suggested", [
+    (1, 3, 2, "1.5, 3", ["--max-budget 2", "--max-budget 4"]),      # the lowest rung would round to 2 epochs
+    (30, 100, 2, "50, 100", ["--max-budget 60", "--max-budget 120", "--min-budget 50", "--min-budget 25"]),  # 30 never
+    (0.2, 4, 2, "0.25, 0.5, 1, 2, 4", ["--min-budget 1", "--min-budget 1 --max-budget 8"]),
+    (1.5, 3, 2, "1.5, 3", ["--min-budget 2 --max-budget 2", "--min-budget 2 --max-budget 4"]),
+    (10, 100, 3, "11.1111, 33.3333, 100", ["--max-budget 90", "--max-budget 270"]),
+])
+def test_budgets_that_would_be_rounded_or_never_trained_are_refused_with_valid_ones(min_budget, max_budget, eta,
+                                                                                  rungs, suggested):
+    with pytest.raises(ValueError) as caught:
+        bohb.check_whole_budgets(min_budget, max_budget, eta)
+    message = str(caught.value)
+    assert f"--min-budget {min_budget:g}, --max-budget {max_budget:g} and --eta {eta} make rungs of {rungs} " \
+           "epochs" in message and message.endswith("give " + " or ".join(suggested) + ".")
+    for flags in suggested:  # every suggestion is itself a valid plan
+        given = {"--min-budget": min_budget, "--max-budget": max_budget}
+        given.update((flag, float(value)) for flag, value in zip(flags.split()[::2], flags.split()[1::2]))
+        bohb.check_whole_budgets(given["--min-budget"], given["--max-budget"], eta)
+    assert bohb.bracket_plan(min_budget, max_budget, eta)  # the library itself takes any budgets
+
+
+@pytest.mark.parametrize("min_budget, max_budget, eta", [(1, 1e12, 2), (30, 1e12, 2), (1e-300, 1e300, 2),
+                                                         (1, 10**7, 10**6), (1, 3**8, 3)])
+def test_a_plan_too_large_to_run_is_refused_naming_the_largest_max_budget(min_budget, max_budget, eta):
+    """More than MAX_EVALUATIONS trainings per iteration (1e12 would start from 2^39 configurations) is
+    refused before anything is allocated, and the largest --max-budget it names is accepted."""
+    with pytest.raises(ValueError, match=f"more than {bohb.MAX_EVALUATIONS:,} trainings per Hyperband iteration; "
+                                         f"give --max-budget at most") as caught:
+        bohb.bracket_plan(min_budget, max_budget, eta)
+    largest = float(str(caught.value).split("at most ")[1].split(" ")[0])
+    plan = bohb.bracket_plan(min_budget, largest, eta)
+    assert sum(n for bracket in plan for n, _ in bracket) <= bohb.MAX_EVALUATIONS
+    with pytest.raises(ValueError, match="more than"):  # and it is the largest
+        bohb.bracket_plan(min_budget, largest * eta, eta)
+
+
 @pytest.mark.slow
 def test_readme_commands_plan_and_demo():
     """The README's `python bohb.py --plan ...` prints Alg. 1's table; `--demo` runs to its comparison."""

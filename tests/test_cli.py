@@ -74,6 +74,16 @@ def files(tmp_path_factory):
     job = {"iteration": 0, "bracket": 0, "rung": 0, "index": 0, "budget": 1.0, "config": THETA, "origin": "random"}
     (d / "failed" / "results.jsonl").write_text(json.dumps({**job, "loss": None, "error": "boom", "info": {},
                                                             "started": 1.0, "finished": 2.0}) + "\n")
+    good = {**job, "loss": 0.1, "error": None, "info": {"accuracy": 0.9}, "started": 1.0, "finished": 2.0}
+    (d / "string_accuracy").mkdir()  # a success whose accuracy is text: never counted
+    (d / "string_accuracy" / "results.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in (good, {**good, "info": {"accuracy": "0.9"}}, good)))
+    best = {"config": {**THETA, "tau": 3.0, "alpha": 0.5}, "dataset": "digits"}
+    for name, changes in (("teacher5", {"teacher": 5}), ("settings_list", {"settings": []}),
+                          ("svhn", {"dataset": "svhn"}), ("huge_dataset", {"dataset": "x" * 11_000_000})):
+        (d / f"best_{name}.json").write_text(json.dumps({**best, **changes}))
+    (d / "theta_huge_value.json").write_text(json.dumps({**THETA, "top_p": [0.5] * 3_000_000}))
+    (d / "theta_many_keys.json").write_text(json.dumps({**THETA, **{f"k{i}": 1 for i in range(800_000)}}))
     return d
 
 
@@ -89,7 +99,7 @@ BAD = [
     ("search", ["--dataset", "digits", "--workers-per-gpu", "-1"], "argument --workers-per-gpu"),
     ("search", ["--dataset", "digits", "--eta", "1"], "argument --eta: must be an integer >= 2"),
     ("search", ["--dataset", "digits", "--eta", "2.5"], "argument --eta: must be a whole number"),
-    ("search", ["--dataset", "digits", "--min-budget", "0.2"], "rounds to 0 epochs"),
+    ("search", ["--dataset", "digits", "--min-budget", "0.2"], "give --min-budget 1 or"),
     ("search", ["--dataset", "digits", "--min-budget", "-1"], "argument --min-budget: must be a number > 0"),
     ("search", ["--dataset", "digits", "--min-budget", "4", "--max-budget", "2"], "is larger than --max-budget"),
     ("search", ["--dataset", "digits", "--lr", "0"], "argument --lr: must be a number > 0"),
@@ -141,9 +151,23 @@ BAD = [
     ("generator", ["--theta", "{d}/theta.json", "--max-params", "0"], "argument --max-params"),
     ("generator", ["--arch", "{d}/theta.json"], "not an architecture file"),
     ("report", ["/no/such/folder"], "has no results.jsonl"),
-    ("report", ["{d}/not_a_log"], "is not a search result (missing"),
+    ("report", ["{d}/not_a_log"], "line 1 is not a search result: field iteration is missing"),
     ("report", ["{d}/failed"], "every evaluation in"),
     ("data", ["--dataset", "digits", "--data-dir", "{d}/digits"], "not the UCI digits table"),
+    ("retrain", ["--theta", "{d}/best_teacher5.json"], "is not a best.json from search.py: field teacher must be a "
+                                                       "string or null, not 5"),
+    ("retrain", ["--theta", "{d}/best_settings_list.json"], "field settings must be a JSON object, not []"),
+    ("retrain", ["--theta", "{d}/best_svhn.json", "--no-kd"], 'field dataset must be one of cifar10, cifar100, digits'),
+    ("retrain", ["--theta", "{d}/best_huge_dataset.json", "--no-kd"], 'field dataset must be one of'),
+    ("train", ["--theta", "{d}/theta_huge_value.json", "--dataset", "digits"], "θ['top_p'] must be a number"),
+    ("train", ["--theta", "{d}/theta_many_keys.json", "--dataset", "digits"], "θ has unknown key(s) k0, k1"),
+    ("generator", ["--theta", "{d}/theta_huge_value.json"], "θ['top_p'] must be a number"),
+    ("report", ["{d}/string_accuracy"], 'line 2 is not a search result: field info.accuracy must be a number in [0, 1], '
+                                        'not "0.9"; repair or remove line 2'),
+    ("search", ["--dataset", "digits", "--min-budget", "1", "--max-budget", "3"], "give --max-budget 2 or --max-budget 4"),
+    ("search", ["--dataset", "digits", "--max-budget", "1e12"], "give --max-budget at most 2048"),
+    ("bohb", ["--plan", "--min-budget", "1", "--max-budget", "3"], "make rungs of 1.5, 3 epochs"),
+    ("bohb", ["--plan", "--max-budget", "1e12"], "more than 10,000 trainings per Hyperband iteration"),
     ("bohb", ["--plan", "--eta", "1"], "argument --eta"),
     ("bohb", ["--plan", "--min-budget", "0"], "argument --min-budget"),
 ]
@@ -160,8 +184,8 @@ def test_a_bad_command_says_one_sentence_and_changes_nothing(script, argv, fragm
     status, err = run(script, argv, capsys)
     assert status not in (0, None), err
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    assert fragment in lines[0], lines[0]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err[:2000]
+    assert fragment in lines[0] and len(lines[0]) < 600, lines[0][:2000]  # an 11 MB file gives a short line
     assert snapshot(tmp_path) == before and snapshot(files) == inputs
 
 
@@ -181,6 +205,55 @@ def test_a_resume_with_other_settings_names_them_and_writes_nothing(tmp_path, ca
     before = snapshot(out)
     status, err = run("search", ONE + ["--out", str(out)], capsys)
     assert status == 1 and "seed 7 there, 0 now" in err and "architecture" not in err and len(err) < 300
+    assert snapshot(out) == before
+
+
+RECORD = {"iteration": 0, "bracket": 0, "rung": 0, "index": 0, "budget": 1.0, "config": THETA, "origin": "random",
+          "loss": 0.1, "error": None, "info": {"accuracy": 0.9}, "started": 1.0, "finished": 2.0}
+
+
+@pytest.mark.parametrize("name, text, fragment", [
+    ("results.jsonl", json.dumps(RECORD) + "\n{}\n", "results.jsonl line 2 is not a search result: field iteration "
+                                                     "is missing; repair or remove line 2"),
+    ("results.jsonl", json.dumps({**RECORD, "info": {"accuracy": "0.9"}}) + "\n",
+     'line 1 is not a search result: field info.accuracy must be a number in [0, 1], not "0.9"'),
+    ("results.jsonl", json.dumps({**RECORD, "loss": "abc"}) + "\n", 'field loss must be a number in [0, 1] or null'),
+    ("study.jsonl", json.dumps({**RECORD, "iteration": None, "bracket": None, "rung": -1}) + "\n",
+     "study.jsonl line 1 is not a search result: field rung must be a whole number >= 0"),
+    ("search.json", "{}", "search.json is not a search.json from search.py: field settings is missing; it holds"),
+    ("search.json", "[]", "it must be a JSON object, not []; it holds the settings of the folder's results"),
+    ("best.json", json.dumps({"config": THETA, "dataset": "digits"}),
+     "best.json is not a best.json from search.py: field accuracy is missing; delete it: search.py writes it again"),
+])
+def test_a_damaged_file_in_a_search_folder_is_named_and_changes_nothing(tmp_path, capsys, name, text, fragment):
+    """Resuming: a damaged line or field is one line naming the file, the line, the field and the fix,
+    before anything is written (a text accuracy is never written into best.json)."""
+    out = tmp_path / "search"
+    out.mkdir()
+    (out / "search.json").write_text(json.dumps({"settings": search.resolve(search.parser().parse_args(ONE))}))
+    (out / name).write_text(text)
+    before = snapshot(out)
+    status, err = run("search", ONE + ["--out", str(out)], capsys)
+    assert status == 1 and err.count("\n") == 1 and fragment in err, err
+    assert snapshot(out) == before
+
+
+@pytest.mark.parametrize("name, text, fragment", [
+    ("results.jsonl", json.dumps({"index": 0, "seed": 0, "run": 0}) + "\n",
+     "results.jsonl line 1 is not a retrain result: field accuracy is missing; repair or remove line 1 (a removed "
+     "student is run again)"),
+    ("teacher.json", json.dumps({"accuracy": "high"}), 'teacher.json is not a teacher report: field accuracy must be'),
+    ("retrain.json", json.dumps({"settings": []}), "retrain.json is not a retrain.json from retrain.py: field "
+                                                   "settings must be a JSON object, not []"),
+])
+def test_a_damaged_file_in_a_retrain_folder_is_named_and_changes_nothing(tmp_path, capsys, files, name, text, fragment):
+    out = tmp_path / "retrain"
+    out.mkdir()
+    (out / name).write_text(text)
+    before = snapshot(out)
+    status, err = run("retrain", ["--theta", str(files / "best.json"), "--no-kd", "--gpus", "0", "--out", str(out)],
+                      capsys)
+    assert status == 1 and err.count("\n") == 1 and fragment in err, err
     assert snapshot(out) == before
 
 

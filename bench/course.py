@@ -26,11 +26,11 @@ sys.path.insert(0, str(ROOT))
 from bench import results  # noqa: E402
 from machinery import cli  # noqa: E402
 
-# The CIFAR-10 course run, sized for about an hour on one H100-class GPU (README, "A CIFAR-10 course
-# run on one GPU"; an estimate until measured): a small DARTS teacher trained 20 epochs, each search
-# one Hyperband iteration of 4 @ 1 -> 2 @ 2 -> 1 @ 4 epochs ... (34 epochs) and a study of 10
-# configurations at 1, 2 and 4 epochs (70 epochs), students of at most 5 nodes per level and 1 M
-# parameters, then 4 students retrained 10 epochs with and without KD.
+# The CIFAR-10 course run, sized for about an hour on one H100-class GPU with the step captured
+# (docs/cost.md, "The CIFAR-10 course run"; an estimate until measured): a small DARTS teacher
+# trained 20 epochs, each search one Hyperband iteration of 4 @ 1 -> 2 @ 2 -> 1 @ 4 epochs ...
+# (34 epochs) and a study of 10 configurations at 1, 2 and 4 epochs (70 epochs), students of at
+# most 5 nodes per level and 1 M parameters, then 4 students retrained 10 epochs with and without KD.
 COURSE_TEACHER = ["--arch", "darts", "--dataset", "cifar10", "--split", "final", "--width", "16", "--layers", "8",
                   "--epochs", "20"]
 COURSE_SEARCH = ["--dataset", "cifar10", "--min-budget", "1", "--max-budget", "4", "--iterations", "1", "--study", "10",

@@ -1,6 +1,6 @@
 """bench/RESULTS.md: the one file that holds measured figures. Each bench script owns one section,
 between `<!-- begin NAME -->` and `<!-- end NAME -->`, and rewrites it with the date, the machine and
-the versions beside its figures; the README quotes this file, docstrings give the commands."""
+the versions beside its figures; docs/cost.md quotes this file, docstrings give the commands."""
 import datetime
 import io
 import os
@@ -30,7 +30,7 @@ def record(name, title, command, text, path=RESULTS):
     """Replace section `name` of the results file (added at the end if new)."""
     path = Path(path)
     body = f"<!-- begin {name} -->\n## {title}\n\n`{command}`\n\n{text.strip()}\n<!-- end {name} -->"
-    old = path.read_text() if path.is_file() else "# Measured figures\n\nWritten by the bench scripts; the README quotes them.\n"
+    old = path.read_text() if path.is_file() else "# Measured figures\n\nWritten by the bench scripts; docs/cost.md quotes them.\n"
     pattern = re.compile(rf"<!-- begin {re.escape(name)} -->.*?<!-- end {re.escape(name)} -->", re.S)
     new = pattern.sub(lambda _: body, old) if pattern.search(old) else old.rstrip() + "\n\n" + body + "\n"
     path.write_text(new)

@@ -45,8 +45,8 @@ def add_flags(p):
 def from_flags(args, num_classes):
     """The teacher that train.py's flags describe, and its description for the checkpoint:
     --width/--layers/--drop-path-prob/--no-auxiliary for darts, --weights/--from-scratch for
-    inception_resnet_v2 (ImageNet weights from the hub by default: the paper fine-tunes its MIT67
-    teacher from them; a resumed run's checkpoint holds them instead)."""
+    inception_resnet_v2 (ImageNet weights from the hub by default: our reading, as the paper does not
+    say how its MIT67 teacher was trained; a resumed run's checkpoint holds them instead)."""
     darts_flags = {k: getattr(args, k) for k in ("width", "layers", "drop_path_prob") if getattr(args, k) is not None}
     if args.no_auxiliary:
         darts_flags["auxiliary"] = False

@@ -1,6 +1,7 @@
 """Cases that need a Ray cluster; test_ray.py runs this file with pytest inside a private network
-namespace (loopback only), never directly. The cluster is started by the README's own commands: a head
-and a second Ray node on 127.0.0.1, two CPUs each (the machine's cores, counted by each node)."""
+namespace (loopback only), never directly. The cluster is started by docs/many-machines.md's own
+commands: a head and a second Ray node on 127.0.0.1, two CPUs each (the machine's cores, counted by
+each node)."""
 import json
 import os
 import subprocess
@@ -17,9 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bohb  # noqa: E402
 import train  # noqa: E402
 from machinery import ray_pool  # noqa: E402
-from helpers import worker_settings  # noqa: E402
+from helpers import documented_block, worker_settings  # noqa: E402
 from test_pipeline import kill_after_first_result, read_log  # noqa: E402
-from test_ray import readme_block  # noqa: E402
 
 ADDRESS = "127.0.0.1:6379"
 # one budget of 1 epoch, --no-kd, no study: each Hyperband iteration is a single training (as in test_pipeline)
@@ -29,11 +29,13 @@ ONE = ["--dataset", "digits", "--min-budget", "1", "--max-budget", "1", "--max-p
 
 @pytest.fixture(scope="session", autouse=True)
 def cluster():
-    """The README's commands up to search.py (a token, RAY_AUTH_MODE=token, `ray start --head` and
-    `ray start --address=HEAD:6379`), HEAD = 127.0.0.1; this process and the searches it runs are the
-    drivers. Every Ray process ends with the namespace."""
-    for line in readme_block("ray start --address=HEAD:6379").splitlines():
+    """docs/many-machines.md's cluster commands up to search.py (a token, RAY_AUTH_MODE=token, `ray start
+    --head` and `ray start --address=HEAD:6379`), HEAD = 127.0.0.1; this process and the searches it
+    runs are the drivers. Every Ray process ends with the namespace."""
+    for line in documented_block("many-machines.md", "ray-cluster").splitlines():
         command = line.split("#")[0].strip().replace("HEAD", "127.0.0.1")
+        if not command:
+            continue
         if command.startswith("python"):
             break
         if command.startswith("export "):

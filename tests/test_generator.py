@@ -18,6 +18,7 @@ import torch.nn as nn
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 import generator as G  # noqa: E402
+from helpers import DOCS, documented_block  # noqa: E402
 
 MIN = {k: lo for k, (_, lo, _) in G.SPACE.items()}
 MAX = {k: hi for k, (_, _, hi) in G.SPACE.items()}
@@ -592,20 +593,18 @@ def test_cli_stages_nago_is_saved_with_the_architecture(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_readme_generator_figures_and_imagenet_command():
-    """The README's figures for the all-min and all-max θ, and its 224 px command (copied from the
-    README, run as written) with the MACs the ImageNet cost estimate uses."""
-    readme = open(os.path.join(ROOT, "README.md")).read()
+def test_documented_generator_figures_and_imagenet_command():
+    """docs/stages.md's figures for the all-min and all-max θ, and docs/cost.md's 224 px command (its
+    tested block, run as written) with the MACs that page's ImageNet cost estimate uses."""
     for theta, width, params in ((MIN, 49, 3_952_396), (MAX, 8, 3_769_376)):
         arch = G.sample(theta, 0)
         assert (arch["width"], arch["params"]) == (width, params)
-        assert f"width {width} and {params:,}" in " ".join(readme.split())
-    command = next(line for line in readme.splitlines() if "--image-size 224 --num-classes 1000" in line)
-    args = shlex.split(command.strip().strip("(`),"))
+        assert f"width {width} and {params:,}" in " ".join((DOCS / "stages.md").read_text().split())
+    args = shlex.split(documented_block("cost.md", "imagenet-macs"))
     assert args[:2] == ["python", "generator.py"]
     out = run_cli(*args[2:])
     assert out.returncode == 0, out.stderr
-    assert "MACs    1,984.3 M per 224 px image" in out.stdout and "1,984 M MACs" in readme
+    assert "MACs    1,984.3 M per 224 px image" in out.stdout and "1,984 M MACs" in (DOCS / "cost.md").read_text()
 
 
 @pytest.mark.parametrize("args,fragment", [

@@ -20,7 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 import train  # noqa: E402
-from helpers import worker_settings  # noqa: E402
+from helpers import documented_block, worker_settings  # noqa: E402
 
 pytestmark = pytest.mark.slow  # Ray clusters in a private network namespace
 
@@ -70,9 +70,9 @@ def teacher(tmp_path_factory):
 
 @needs_cluster
 def test_two_ray_actors_reach_the_local_pools_best_json(tmp_path, teacher):
-    """bench/ray_overhead.py as the README gives it (--ray local), on a smaller plan: the same KD search
-    with 2 local workers and 2 Ray actors (one torch thread per student both ways, so that their sums
-    agree) ends with the same best.json and the same loss for every job."""
+    """bench/ray_overhead.py as docs/many-machines.md gives it (--ray local), on a smaller plan: the same
+    KD search with 2 local workers and 2 Ray actors (one torch thread per student both ways, so that
+    their sums agree) ends with the same best.json and the same loss for every job."""
     r = private_network([sys.executable, ROOT / "bench" / "ray_overhead.py", "--ray", "local", "--teacher", teacher,
                          "--out", tmp_path / "bench", "--min-budget", "1", "--max-budget", "1", "--iterations", "2"],
                         tmp_path, timeout=400)
@@ -87,8 +87,8 @@ def test_two_ray_actors_reach_the_local_pools_best_json(tmp_path, teacher):
 
 @needs_cluster
 def test_on_a_ray_cluster(tmp_path):
-    """ray_cases.py on a two-node cluster started as the README says: a killed actor, a node without the
-    data or the code, a replacement that cannot start, a killed driver resumed, retrain.py."""
+    """ray_cases.py on a two-node cluster started as docs/many-machines.md says: a killed actor, a node
+    without the data or the code, a replacement that cannot start, a killed driver resumed, retrain.py."""
     r = private_network([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
                          ROOT / "tests" / "ray_cases.py", "--basetemp", tmp_path / "cases"], tmp_path, timeout=540)
     tail = (r.stdout[-6000:] + "\n" + r.stderr[-3000:])
@@ -96,24 +96,13 @@ def test_on_a_ray_cluster(tmp_path):
     assert re.search(r"\b[1-9]\d* passed", r.stdout) and "skipped" not in r.stdout, tail
 
 
-def readme_block(containing):
-    """The README's first indented code block with a line containing `containing`, as text."""
-    blocks, block = [], []
-    for line in (ROOT / "README.md").read_text().splitlines() + [""]:
-        if line.startswith("    ") or (block and not line):
-            block.append(line[4:])
-        elif block:
-            blocks.append("\n".join(block).strip() + "\n")
-            block = []
-    return next(b for b in blocks if containing in b)
-
-
 @needs_cluster
-def test_the_readme_slurm_script_runs_a_search(tmp_path):
-    """The README's batch script, as written, with stand-ins for SLURM's commands that run everything on
-    this machine: two 'nodes' (a Ray head and a Ray node on 127.0.0.1), then a search over them."""
+def test_the_documented_slurm_script_runs_a_search(tmp_path):
+    """docs/many-machines.md's batch script, as written, with stand-ins for SLURM's commands that run
+    everything on this machine: two 'nodes' (a Ray head and a Ray node on 127.0.0.1), then a search
+    over them."""
     script = tmp_path / "search.sbatch"
-    script.write_text(readme_block("#SBATCH"))
+    script.write_text(documented_block("many-machines.md", "slurm-script"))
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     stand_ins = {  # srun drops its own --options and runs the command here; two nodes; one address

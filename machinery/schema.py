@@ -16,6 +16,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+import torch
+
 from machinery import cli, files
 from machinery.cli import UserError
 
@@ -75,10 +77,7 @@ def array(each=None, *, optional=False):
 
 def tensor(null=False):
     """A torch tensor (what a checkpoint holds)."""
-    def test(value):
-        import torch
-        return isinstance(value, torch.Tensor)
-    return Spec(test, "a tensor", null=null)
+    return Spec(lambda value: isinstance(value, torch.Tensor), "a tensor", null=null)
 
 
 def optional(fields):

@@ -230,7 +230,8 @@ def test_a_damaged_file_in_a_search_folder_is_named_and_changes_nothing(tmp_path
     before anything is written (a text accuracy is never written into best.json)."""
     out = tmp_path / "search"
     out.mkdir()
-    (out / "search.json").write_text(json.dumps({"settings": search.resolve(search.parser().parse_args(ONE))}))
+    settings, _ = search.resolve(search.parser().parse_args(ONE))
+    (out / "search.json").write_text(json.dumps({"settings": settings.to_json()}))
     (out / name).write_text(text)
     before = snapshot(out)
     status, err = run("search", ONE + ["--out", str(out)], capsys)

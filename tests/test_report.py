@@ -249,20 +249,20 @@ def test_table1_of_one_architecture_says_so_instead_of_a_spread(capsys):
 
 GOOD = record(0, 1.0, 0.9, iteration=0, bracket=0)
 BAD_RECORDS = [
-    ({}, "is not a search result (missing iteration"),
-    ({**GOOD, "loss": "abc"}, "loss must be a finite number or null, not \"abc\""),
-    ({**GOOD, "loss": float("nan")}, "loss must be a finite number"),
+    ({}, "is not a search result: field iteration is missing"),
+    ({**GOOD, "loss": "abc"}, "loss must be a number in [0, 1] or null, not \"abc\""),
+    ({**GOOD, "loss": float("nan")}, "loss must be a number in [0, 1] or null, not NaN"),
     ({**GOOD, "info": {"accuracy": "0.9"}}, "info.accuracy must be a number in [0, 1]"),
     ({**GOOD, "info": {"accuracy": 1.5}}, "info.accuracy must be a number in [0, 1]"),
     ({**GOOD, "info": {"accuracy": True}}, "info.accuracy must be"),
-    ({**GOOD, "info": {}}, "info.accuracy must be"),
-    ({**GOOD, "info": ["x"]}, "info must be an object"),
-    ({**GOOD, "info": {"accuracy": 0.9, "arch_seed": "7"}}, "info.arch_seed must be an integer"),
-    ({**GOOD, "budget": 0}, "budget must be a positive number"),
-    ({**GOOD, "budget": "1"}, "budget must be a positive number"),
-    ({**GOOD, "index": 1.5}, "index must be a non-negative integer"),
-    ({**GOOD, "finished": None}, "finished must be a time"),
-    ({**GOOD, "config": "x" * 100}, "config must be an object, not \"" + "x" * 39 + "..."),
+    ({**GOOD, "info": {}}, "info.accuracy is missing"),
+    ({**GOOD, "info": ["x"]}, "info must be a JSON object"),
+    ({**GOOD, "info": {"accuracy": 0.9, "arch_seed": "7"}}, "info.arch_seed must be a whole number"),
+    ({**GOOD, "budget": 0}, "budget must be a number > 0"),
+    ({**GOOD, "budget": "1"}, "budget must be a number > 0"),
+    ({**GOOD, "index": 1.5}, "index must be a whole number >= 0"),
+    ({**GOOD, "finished": None}, "finished must be a number, not null"),
+    ({**GOOD, "config": "x" * 100}, "config must be a JSON object, not \"" + "x" * 56 + "..."),
 ]
 
 

@@ -126,7 +126,7 @@ def write_split_files(root, train, test):
 def test_mit67_split_files_are_checked_alike(tmp_path):
     root = tmp_path / "mit67"
     write_split_files(root, classes(66), classes(66))
-    with pytest.raises(common.UserError, match=f"{root / 'TrainImages.txt'} holds 66 classes with images but mit67 has 67"):
+    with pytest.raises(common.UserError, match=f"{root / 'TrainImages.txt'} holds 66 classes with images but mit67 "):
         D.load_data("mit67", root, "search", val_size=2)
     write_split_files(root, classes(67), classes(66) + ["stranger"])
     with pytest.raises(common.UserError, match=f"{root / 'TestImages.txt'} holds stranger that "):

@@ -16,6 +16,9 @@ images for CIFAR), as Alg. 1's f_KD(θ, b) needs; the test split is not read. "f
 whole training set, score on the test split (retrain.py, Table 1). (The released NAGO code scored
 search candidates on the test set; we do not.)
 
+Every split is checked where it is read: an image folder must hold exactly the data set's classes, the
+same in both splits; labels must lie within them; an unreadable image is named by its path.
+
 On-disk layouts that --data-dir may hold:
     cifar10/cifar100  torchvision's  <dir>/cifar-10-batches-py/ or <dir>/cifar-100-python/  (--download)
                       or an image folder  <dir>/train/<class>/*.jpg, <dir>/test/<class>/*.jpg
@@ -41,7 +44,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision import datasets, transforms
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension, make_dataset
 
 from machinery import cli, files
 
@@ -182,10 +185,13 @@ def load_data(name, data_dir=None, split="search", download=False, device="cpu",
 def small_image_arrays(name, root, part, download, cache_dir):
     """Split `part` ("train" or "test") as (x uint8 (N, 3, H, W), y int64 (N,)) on the CPU."""
     if (root / "train").is_dir():
-        return image_folder_arrays(root, part, PRESETS[name].image_size, cache_dir)
-    if name == "digits":
-        return digits_arrays(root / "digits.csv.gz", part)
-    return torchvision_cifar_arrays(name, root, part, download)
+        x, y = image_folder_arrays(name, root, part, PRESETS[name].image_size, cache_dir)
+    elif name == "digits":
+        x, y = digits_arrays(root / "digits.csv.gz", part)
+    else:
+        x, y = torchvision_cifar_arrays(name, root, part, download)
+    check_labels(y, name, root)
+    return x, y
 
 
 def digits_arrays(path, part):
@@ -227,42 +233,137 @@ def torchvision_cifar_arrays(name, root, part, download):
     return x, torch.tensor(ds.targets, dtype=torch.int64)
 
 
-def image_folder_arrays(root, part, image_size, cache_dir):
-    """<root>/<part>/<class>/<image> (part: train or test; classes from train/, sorted), decoded
-    once with Pillow and cached as uint8 arrays. The cache key covers the folder's path and every
-    file's name, class, size and mtime, so an edited folder is decoded again."""
-    if not (root / part).is_dir():
-        raise FileNotFoundError(f"{root}/train exists but {root}/{part} does not; an image folder "
-                                f"needs both train/<class>/ and test/<class>/")
-    classes = sorted(d.name for d in (root / "train").iterdir() if d.is_dir())
+def image_folder_arrays(name, root, part, image_size, cache_dir):
+    """<root>/<part>/<class>/<image> (part: train or test; both hold the data set's classes, see
+    folder_classes), decoded once with Pillow and cached as uint8 arrays. The cache key covers the
+    folder's path and every file's name, class, size and mtime, so an edited folder is decoded again."""
+    classes = folder_classes(name, root / "train", root / "test")
     items = [(Path(f), c) for f, c in make_dataset(root / part, {c: i for i, c in enumerate(classes)},
                                                     IMG_EXTENSIONS, allow_empty=True)]
-    if not items:
-        raise FileNotFoundError(f"no images in {root / part}/<class>/")
     key = hashlib.sha1(str(root.resolve()).encode())
     for f, c in items:
         st = f.stat()
         key.update(f"{f.name}:{c}:{st.st_size}:{st.st_mtime_ns};".encode())
     cache_dir = Path(cache_dir) if cache_dir is not None else Path.home() / ".cache" / "autokd"
     cache = cache_dir / f"{root.name}-{part}-{image_size}px-{key.hexdigest()[:16]}.npz"
-    if cache.is_file():
-        with np.load(cache) as z:
-            return torch.from_numpy(z["x"]), torch.from_numpy(z["y"])
+    cached = read_cache(cache, len(items), image_size)
+    if cached is not None:
+        return cached
     x = decode_images([f for f, _ in items], image_size)                # (N, 3, S, S)
     y = np.array([c for _, c in items], dtype=np.int64)                # (N,)
-    files.write_atomic(cache, lambda f: np.savez(f, x=x, y=y))
+    try:
+        files.write_atomic(cache, lambda f: np.savez(f, x=x, y=y))
+    except files.NoSpace as e:  # a cache only saves time: the run goes on without it
+        print(f"note: {e} The images stay uncached and are decoded again next time.", file=sys.stderr)
     return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def read_cache(path, n, image_size):
+    """(x, y) from the image cache `path` if it holds `n` images of `image_size` px, else None. A
+    damaged file (cut short by a full disk or a copy, edited) is said in one line and rebuilt."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as z:
+            x, y = z["x"], z["y"]
+    except Exception as e:  # noqa: BLE001 (numpy and zipfile raise BadZipFile, EOF, key and value errors)
+        problem = type(e).__name__
+    else:
+        if x.dtype == np.uint8 and x.shape == (n, 3, image_size, image_size) and y.dtype == np.int64 \
+                and y.shape == (n,):
+            return torch.from_numpy(x), torch.from_numpy(y)
+        problem = f"not the {n} images of {image_size} px it should hold"
+    print(f"note: the image cache {path} is damaged ({problem}); decoding the images again to rebuild it",
+          file=sys.stderr)
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checks of what a folder holds
+
+def folder_classes(name, train, test):
+    """The sorted class names of an image folder's splits `train` and `test` (their subfolders that
+    hold images), which must be exactly the data set's classes, the same in both: another count than
+    the network's outputs fails in training ("Target 10 is out of bounds"), one class scores a
+    meaningless 100 %, and a class in one split only is never trained or never scored."""
+    for split in (train, test):
+        if not split.is_dir():
+            raise FileNotFoundError(f"{split} does not exist; an image folder needs both "
+                                    f"{train.name}/<class>/ and {test.name}/<class>/")
+    found = [sorted(d.name for d in os.scandir(split) if d.is_dir() and holds_images(d.path))
+             for split in (train, test)]
+    check_classes(name, *zip((train, test), found))
+    return found[0]
+
+
+def holds_images(folder):
+    """Whether `folder` or a folder below it holds an image file (torchvision's make_dataset walks
+    the same way); stops at the first one."""
+    return any(has_file_allowed_extension(f, IMG_EXTENSIONS)
+               for _, _, files in os.walk(folder, followlinks=True) for f in files)
+
+
+def check_classes(name, train, test):
+    """train, test: (where, class names) of the two splits of one folder; see folder_classes."""
+    (train_where, train_classes), (test_where, test_classes) = train, test
+    expected = PRESETS[name].num_classes
+    n = len(train_classes)
+    if n != expected:
+        other = [d for d, p in PRESETS.items() if p.num_classes == n]
+        raise cli.UserError(
+            f"{train_where} holds {n} class{'es' * (n != 1)} with images but {name} has {expected}: give "
+            f"--data-dir a folder of {name}'s {expected} classes" + (f" or use --dataset {other[0]}" if other else ""))
+    only_test = sorted(set(test_classes) - set(train_classes))
+    only_train = sorted(set(train_classes) - set(test_classes))
+    if only_test or only_train:
+        lacks = [f"{a} holds {few(extra)} that {b} lacks" for a, b, extra in
+                 ((test_where, train_where, only_test), (train_where, test_where, only_train)) if extra]
+        raise cli.UserError(f"{'; '.join(lacks)}: give both splits the same classes, each with images")
+
+
+def few(names, at_most=5):
+    """'a, b, c' or 'a, b, c, d, e and 7 more'."""
+    more = f" and {len(names) - at_most} more" if len(names) > at_most else ""
+    return ", ".join(names[:at_most]) + more
+
+
+def check_labels(y, name, where):
+    """Labels y (N,) must be classes of data set `name`, 0 to num_classes - 1."""
+    expected = PRESETS[name].num_classes
+    if len(y) and (y.min() < 0 or y.max() >= expected):
+        raise cli.UserError(f"{where} holds labels {int(y.min())} to {int(y.max())} but the classes of {name} "
+                               f"are 0 to {expected - 1}: it is not {name} data; check --dataset and --data-dir")
+
+
+class UnreadableImage(cli.UserError):
+    """An image file Pillow cannot decode; the message names it. One raised in a DataLoader worker is
+    rebuilt in the parent from torch's report of it (the worker's traceback), whose last line is
+    "data.UnreadableImage: <the message>"."""
+
+    def __init__(self, message):
+        if "\n" in message:
+            message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
+        super().__init__(message)
+
+
+def open_image(path):
+    """The image at `path` as RGB, or UnreadableImage naming it."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except Exception as e:  # noqa: BLE001 (Pillow raises OS, syntax, value and struct errors for damaged files)
+        reason = " ".join(str(e).split())[:80] or type(e).__name__
+        raise UnreadableImage(f"{path} is not a readable image ({reason}); replace or delete it") from None
 
 
 def decode_images(paths, image_size):
     """uint8 (N, 3, S, S); Pillow releases the GIL while decoding, so threads use every core."""
 
     def read(path):
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (image_size, image_size):
-                im = im.resize((image_size, image_size), Image.BILINEAR)
-            return np.asarray(im)                                      # (S, S, 3)
+        im = open_image(path)
+        if im.size != (image_size, image_size):
+            im = im.resize((image_size, image_size), Image.BILINEAR)
+        return np.asarray(im)                                          # (S, S, 3)
     with ThreadPoolExecutor(os.cpu_count()) as pool:
         x = np.stack(list(pool.map(read, paths, chunksize=256)))      # (N, S, S, 3)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))               # (N, 3, S, S)
@@ -371,7 +472,7 @@ class Transformed(torch.utils.data.Dataset):
 
     def __getitem__(self, i):
         path, y = self.folder.samples[self.indices[i]]
-        return self.transform(self.folder.loader(path)), y
+        return self.transform(open_image(path)), y
 
 
 def large_transforms(preset):
@@ -382,6 +483,18 @@ def large_transforms(preset):
     return train, test
 
 
+class Classes(ImageFolder):
+    """An ImageFolder of the given classes (sorted) only, so that labels follow the checked class
+    set, not whatever other folders lie beside them."""
+
+    def __init__(self, root, classes, is_valid_file=None):
+        self.given = sorted(classes)
+        super().__init__(str(root), is_valid_file=is_valid_file)
+
+    def find_classes(self, directory):
+        return self.given, {c: i for i, c in enumerate(self.given)}
+
+
 def large_image_set(name, root, part, download, cache_dir):
     """The ImageFolder of split `part` ("train" or "test"). MIT67: one Images/ folder and the
     official split files (lines like "kitchen/int474.jpg", relative to Images/); ImageNet: train/
@@ -390,19 +503,27 @@ def large_image_set(name, root, part, download, cache_dir):
         if not ((root / "train").is_dir() and (root / "val").is_dir()):
             raise FileNotFoundError(f"no imagenet data in {root}: expected {root}/train/<wnid>/*.JPEG "
                                     f"and {root}/val/<wnid>/*.JPEG")
-        return ImageFolder(str(root / ("train" if part == "train" else "val")))
+        classes = folder_classes(name, root / "train", root / "val")
+        return Classes(root / ("train" if part == "train" else "val"), classes)
     images = root / "Images"
-    split_file = root / ("TrainImages.txt" if part == "train" else "TestImages.txt")
-    if not (images.is_dir() and split_file.is_file()):
+    split_files = root / "TrainImages.txt", root / "TestImages.txt"
+    if not (images.is_dir() and all(f.is_file() for f in split_files)):
         raise FileNotFoundError(f"no mit67 data in {root}: expected {images}/<class>/*.jpg with "
                                 f"TrainImages.txt and TestImages.txt beside it")
-    wanted = {line.strip() for line in split_file.read_text().splitlines() if line.strip()}
-    folder = ImageFolder(str(images),
-                         is_valid_file=lambda p: Path(p).relative_to(images).as_posix() in wanted)
-    if len(folder) != len(wanted):
-        raise FileNotFoundError(f"{split_file} lists {len(wanted)} images but {len(folder)} of them "
-                                f"are in {images}; the folder is incomplete")
-    return folder
+    listed = [listed_images(f) for f in split_files]
+    classes = [{path.split("/")[0] for path in paths} for paths in listed]
+    check_classes(name, *zip(split_files, classes))
+    split_file, wanted = split_files[part != "train"], listed[part != "train"]
+    missing = sorted(path for path in wanted if not (images / path).is_file())
+    if missing:
+        raise FileNotFoundError(f"{split_file} lists {len(wanted)} images but {len(missing)} of them are "
+                                f"not in {images} ({few(missing)}); the folder is incomplete")
+    return Classes(images, classes[0], lambda p: Path(p).relative_to(images).as_posix() in wanted)
+
+
+def listed_images(split_file):
+    """The image paths (relative to Images/) that an MIT67 split file lists."""
+    return {line.strip() for line in split_file.read_text().splitlines() if line.strip()}
 
 
 @cli.cli

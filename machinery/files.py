@@ -1,9 +1,11 @@
 """Files every stage reads and writes: JSON and JSON-lines logs with errors that name the file,
 atomic writes that honour the umask, checkpoints read with weights_only=True, the resume check, and
 the provenance (package versions, code commit) stored with every result."""
+import errno
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -75,28 +77,67 @@ def open_log(path, whole):
 
 
 def append_jsonl(f, record, default=None):
-    """Append one record and make it durable before anything else happens."""
-    f.write((json.dumps(record, default=default) + "\n").encode())
-    f.flush()
-    os.fsync(f.fileno())
+    """Append one record and make it durable before anything else happens (a line cut short by a
+    full disk is dropped when the log is next opened, as after a kill)."""
+    try:
+        f.write((json.dumps(record, default=default) + "\n").encode())
+        f.flush()
+        os.fsync(f.fileno())
+    except OSError as error:
+        raise no_space(Path(f.name), error) or error
 
 
 def write_atomic(path, write):
-    """Call write(file) on a temporary file beside `path`, then rename it over `path`: a kill never
-    leaves half a file, and the file gets the umask's mode like any other (not tempfile's 0600)."""
+    """Call write(file) on a temporary file beside `path`, then rename it over `path`: a kill or a
+    full disk never leaves half a file (the previous one stays as it was), and the file gets the
+    umask's mode like any other (not tempfile's 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp",
-                                     delete=False) as f:
-        try:
+    f = None
+    try:
+        f = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp", delete=False)
+        with f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        except BaseException:
+    except BaseException as error:
+        # said before the part written is deleted: deleting it frees its space
+        full = no_space(path, error, os.stat(f.name).st_size if f is not None else 0)
+        if f is not None:
             os.unlink(f.name)
-            raise
+        raise full or error
     os.chmod(f.name, 0o666 & ~UMASK)
     os.replace(f.name, path)
+
+
+class NoSpace(UserError):
+    """A write that failed for lack of space; the message names the folder and its free space."""
+
+
+def no_space(path, error, written=None):
+    """A NoSpace for the failed write of `path` (`written` bytes of it done) if `error` says the disk
+    or quota is full, else None. torch.save's zip writer turns a failed write into the RuntimeError
+    "[enforce fail at inline_container.cc] unexpected pos": the write stopped short."""
+    full = isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+    short = isinstance(error, RuntimeError) and "inline_container" in str(error)
+    if not (full or short):
+        return None
+    folder = path.parent.absolute()
+    free = nbytes(shutil.disk_usage(folder).free)
+    done = "" if written is None else f" after {nbytes(written)}"
+    kept = f"; {path.name} is as it was" if path.exists() and written is not None else ""
+    what = f"no space left in {folder} for {path.name}: the write failed" if full else \
+        f"writing {path.name} into {folder} stopped short (torch's zip writer could not write)"
+    return NoSpace(f"{what}{done} with {free} free; free some space there or choose another folder{kept}.")
+
+
+def nbytes(n):
+    """A size in bytes for people: '512 B', '61.5 KiB', '1.4 GiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def write_json(path, obj):

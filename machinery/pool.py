@@ -18,7 +18,7 @@ import threading
 
 import torch
 
-from machinery import cli, ray_pool
+from machinery import cli, lifeline, ray_pool
 from machinery.executor import Executor, RemoteError, WorkerDied, perform, with_type
 
 
@@ -105,14 +105,16 @@ class Pool(Executor):
         self.threads = (omp_threads() or max(1, (os.cpu_count() or 1) // cpu)) if cpu else 0
         self.context = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked workers
         self.pipes = {}  # process -> its pipe
+        self.spawner, self.leash = lifeline.Spawner(), lifeline.Leash()
         for worker in self.workers:  # all now: their starts (seconds each) overlap the teacher's check
             self.start(worker)
 
     def start(self, worker):
         parent, child = self.context.Pipe()
         process = self.context.Process(target=serve, args=(child, worker.device, worker.slots, self.threads,
-                                                           self.init, self.initargs))
-        process.start()
+                                                           self.init, self.initargs, os.getpid()))
+        self.spawner.start(process)
+        self.leash.hold(process.pid)
         child.close()
         worker.handle, self.pipes[process] = process, parent
         threading.Thread(target=self.listen, args=(worker, process, parent), daemon=True).start()
@@ -129,6 +131,8 @@ class Pool(Executor):
                 break
             self.answered(worker, task, ok, payload)
         process.join(timeout=10)
+        if process.exitcode is not None:
+            self.leash.release(process.pid)
         self.lost(worker, process, WorkerDied(f"the worker process on {worker.device} died (exit code "
                                               f"{process.exitcode}); its evaluations in flight failed"))
         self.pipes.pop(process, None)
@@ -143,6 +147,9 @@ class Pool(Executor):
                 pass
         for process in live:
             process.join()
+            self.leash.release(process.pid)
+        self.spawner.close()
+        self.leash.close()
 
 
 def omp_threads():
@@ -154,8 +161,10 @@ def omp_threads():
 # ----------------------------------------------------------------------------------------------------
 # The worker process
 
-def serve(conn, device, n_slots, threads, init, initargs):
-    """A worker's main loop: run each task received in one of `n_slots` threads, send its answer."""
+def serve(conn, device, n_slots, threads, init, initargs, parent_pid):
+    """A worker's main loop: run each task received in one of `n_slots` threads, send its answer.
+    It ends with its parent, process `parent_pid`, in every state (lifeline.py)."""
+    lifeline.die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     if threads:
         torch.set_num_threads(threads)

@@ -4,8 +4,31 @@ process, and every process it starts, then uses one torch thread. Two tests each
 --dist worksteal here: 3 s tests took 160-190 s)."""
 import os
 
+import pytest
 import torch
+
+import data as D
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the scripts and worker processes tests start
     torch.set_num_threads(1)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: starts processes or servers, or runs a bench (deselect with -m 'not slow')")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """For tests of many tiny ops: one thread avoids waking a pool for each (on a busy 2-core machine
+    each parallel region can wait a whole scheduler time slice)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """The bundled digits, search split (1,097 training images, 300 held out)."""
+    return D.load_data("digits")

@@ -94,10 +94,10 @@ def test_a_failed_recording_is_said_once_and_trains_like_eager(digits, capsys):
     the weights, buffers and momentum back, and the run's losses and weights are eager's exactly."""
     data = small(digits)
     runs = []
-    for capture in (False, True):
+    for forced in (False, True):
         net = model(seed=2)
         run = T.setup(net, data, T.Protocol(epochs=2, batch_size=64), None, T.TAU, 0.0, T.RunOptions(workers=0))
-        run.step.can_capture = capture
+        run.step.can_capture = forced
         losses = [T.train_epoch(run, data.generator(0))[0] for _ in range(2)]
         runs.append((losses, [p.detach().clone() for p in net.parameters()], run.step.failure))
     (eager, w_eager, _), (tried, w_tried, failure) = runs

@@ -66,7 +66,7 @@ class Protocol:
                                                             "with a GradScaler without bf16), off on the CPU")
     channels_last: str = knob("auto", ("auto", "on", "off"), "channels_last memory format; auto: on for CUDA")
     # Eager by default until the captured step is shown to train like eager on the present networks
-    # (bench/gpu_check.py's correctness section: step 1 within 1e-6, then tracking under deterministic kernels).
+    # (bench/gpu_check.py's "correct" section: step 1 within 1e-6, then tracking under deterministic kernels).
     capture: str = knob("off", ("off", "on"), "on: record the training step once as a CUDA graph and replay it "
                                               "(CUDA only; auto is read as on); off: eager", {"auto": "on"})
     deterministic: str = knob("off", ("off", "on"), "on, for checks: deterministic kernels (cuDNN deterministic, no "

@@ -194,9 +194,9 @@ def profile(report, data, device, cfg):
     report.add("profile", "kernels per training step (torch.profiler)", "not counted" if kernels is None else
                round(kernels), "" if kernels else "no CUDA device")
     key = "self_device_time_total" if on_gpu else "self_cpu_time_total"
-    top = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:cfg.top_kernels]
-    total = sum(getattr(e, key) for e in prof.key_averages()) or 1
-    for e in top:
+    entries = [e for e in prof.key_averages() if not on_gpu or e.device_type == torch.autograd.DeviceType.CUDA]
+    total = sum(getattr(e, key) for e in entries) or 1
+    for e in sorted(entries, key=lambda e: getattr(e, key), reverse=True)[:cfg.top_kernels]:
         report.add("profile", f"top {'kernel' if on_gpu else 'CPU op'}: {e.key[:58]}",
                    f"{100 * getattr(e, key) / total:.1f} %", f"{e.count / steps:.0f} per step")
     t = time.perf_counter()

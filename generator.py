@@ -121,14 +121,20 @@ def stages_rule(arch):
     return arch.get("stages_rule", "even")
 
 
-def sample(theta, seed, image_size=32, num_classes=10, max_params=None, *, stages="even"):
+def sample(theta, seed, image_size=32, num_classes=10, max_params=None, *, stages="even", width_multiple=1):
     """Sample the architecture data of one network from G(θ), the first step of f_KD(θ, b) (Alg. 1
     line 7; train.f_kd). The same (θ, seed) gives the same graphs on every machine; every cell and
     every module draws its own graph. `stages` is the stage rule (STAGE_RULES, stages_of). The base
-    width is the largest within the parameter limit."""
+    width is the largest within the parameter limit that is a multiple of `width_multiple`.
+
+    Interpretation (width_multiple): the paper takes the largest width that fits. 8 rounds it down
+    so that every stage's channels are multiples of 8, which bf16 tensor-core convolutions want,
+    at the cost of some of the parameters the limit allows; 1 (the default) is the paper's."""
     theta = check_theta(theta)
     if stages not in STAGE_RULES:
         raise ValueError(f"unknown stage rule {stages!r}: choose one of {', '.join(STAGE_RULES)}")
+    if width_multiple < 1:
+        raise ValueError(f"width_multiple must be a positive integer, not {width_multiple}")
     if max_params is None:
         max_params = default_max_params(image_size)
     top = to_dag(random_graph("ws", theta["top_nodes"], seed, (0,), theta["top_k"], theta["top_p"]))
@@ -143,7 +149,7 @@ def sample(theta, seed, image_size=32, num_classes=10, max_params=None, *, stage
         cell["stage"] = stage
     arch = {"theta": theta, "seed": int(seed), "image_size": int(image_size), "num_classes": int(num_classes),
             "max_params": int(max_params), "stages_rule": stages, "stage_ratios": list(STAGE_RATIOS),
-            "top": top, "cells": cells}
+            "width_multiple": int(width_multiple), "top": top, "cells": cells}
     arch["width"], arch["params"] = choose_width(arch)
     return arch
 
@@ -184,7 +190,12 @@ def choose_width(arch):
     while high - low > 1:
         mid = (low + high) // 2
         low, high = (mid, high) if count(mid) <= limit else (low, mid)
-    return low, count(low)
+    multiple = arch.get("width_multiple", 1)
+    aligned = low // multiple * multiple
+    if aligned < first:
+        raise ValueError(f"no multiple of {multiple} fits {limit:,} parameters: the widest width that fits is "
+                         f"{low}; raise --max-params or lower --width-multiple.")
+    return aligned, count(aligned)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -517,13 +528,17 @@ def main(argv=None):
                         help="how the cells are split into stages: even (default; three stages of as near "
                              "equal size, an interpretation) or nago (NAGO's released rule: one stage at full "
                              "resolution unless there are exactly 3 cells)")
+    parser.add_argument("--width-multiple", type=cli.positive_int, default=None,
+                        help="round the base width down to a multiple of this (8: channels that suit bf16 tensor "
+                             "cores, at some of the parameters the limit allows; default 1, the paper's widest fit)")
     parser.add_argument("--save", help="write the architecture data to this JSON file")
     parser.add_argument("--draw", help="draw the three graph levels to this image file (needs matplotlib)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     if args.arch:
-        if args.stages:
-            raise cli.UserError("--stages applies to --theta; an --arch file keeps the rule it was sampled with")
+        if args.stages or args.width_multiple:
+            raise cli.UserError("--stages and --width-multiple apply to --theta; an --arch file keeps the rule and "
+                                "width it was sampled with")
         arch = files.read_json(args.arch, "--arch")
         if not isinstance(arch, dict) or not {"top", "cells", "width"} <= set(arch):
             raise cli.UserError(f"{args.arch} is not an architecture file written by generator.py --save.")
@@ -531,7 +546,7 @@ def main(argv=None):
         if args.image_size < 8 or args.num_classes < 2:
             raise cli.UserError("--image-size must be at least 8 and --num-classes at least 2.")
         arch = sample(read_theta(args.theta), args.seed, args.image_size, args.num_classes, args.max_params,
-                      stages=args.stages or "even")
+                      stages=args.stages or "even", width_multiple=args.width_multiple or 1)
     model = build(arch)
     print(summary(arch, model, time.perf_counter() - start))
     if args.save:

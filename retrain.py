@@ -126,10 +126,8 @@ class Settings:
     val_size: int = None
 
     def to_json(self):
-        """retrain.json's "settings": the protocol without --capture, which may change on resume."""
-        s = dataclasses.asdict(self)
-        s["protocol"] = {k: v for k, v in s["protocol"].items() if k != "capture"}
-        return {**s, "capture": self.protocol.capture}
+        """retrain.json's "settings" (train.settings_json)."""
+        return train.settings_json(self)
 
 
 def resolve(args):
@@ -148,7 +146,8 @@ def resolve(args):
         cache_dir=search.get("cache_dir"), config=best["config"], no_kd=no_kd, teacher=None if no_kd else teacher,
         k=args.k or preset["k"], runs=args.runs or preset["runs"], epochs=args.epochs or preset["epochs"],
         seed=args.seed, max_params=search.get("max_params"), out=files.absolute(out),
-        protocol=RETRAIN_PROTOCOL.replace(eval_every=args.eval_every, capture=args.capture),
+        protocol=RETRAIN_PROTOCOL.replace(eval_every=args.eval_every, capture=args.capture,
+                                          deterministic=args.deterministic),
         workers_per_gpu=args.workers_per_gpu, ray=args.ray,
         slots=pool.slots(args.gpus, args.workers, args.workers_per_gpu, args.ray)), best
 
@@ -267,7 +266,7 @@ def parser():
     p.add_argument("--out", default=None, help="output folder (default: retrain-<dataset>[-nokd] beside the search)")
     p.add_argument("--lessons", default="auto", choices=("auto", "off"),
                    help="auto: the teacher's logits for every view computed once where the augmentation allows")
-    train.add_protocol_flags(p, ["capture"])
+    train.add_protocol_flags(p, train.EXECUTION)
     return p
 
 

@@ -148,10 +148,8 @@ class Settings:
     split: str = "search"
 
     def to_json(self):
-        """search.json's "settings": the protocol without --capture, which may change on resume."""
-        s = dataclasses.asdict(self)
-        s["protocol"] = {k: v for k, v in s["protocol"].items() if k != "capture"}
-        return {**s, "capture": self.protocol.capture}
+        """search.json's "settings" (train.settings_json)."""
+        return train.settings_json(self)
 
 
 def resolve(args):
@@ -169,7 +167,7 @@ def resolve(args):
         eta=args.eta, seed=args.seed, val_size=args.val_size, min_budget=pick["min_budget"],
         max_budget=pick["max_budget"], iterations=pick["iterations"], max_nodes=pick["max_nodes"], study=pick["study"],
         protocol=SEARCH_PROTOCOL.replace(batch_size=pick["batch_size"], lr=pick["lr"], capture=args.capture,
-                                         eval_every=int(round(pick["max_budget"]))),
+                                         deterministic=args.deterministic, eval_every=int(round(pick["max_budget"]))),
         workers_per_gpu=args.workers_per_gpu, teacher=files.absolute(teacher),
         max_params=int(args.max_params or preset.get("max_params") or generator.default_max_params(image_size)),
         slots=pool.slots(args.gpus, args.workers, args.workers_per_gpu, args.ray), ray=args.ray)
@@ -457,7 +455,7 @@ def parser():
     p.add_argument("--lessons", default="auto", choices=("auto", "off"),
                    help="auto: compute the teacher's logits for every augmented view once and look them up; "
                         "off: run the teacher at every step")
-    train.add_protocol_flags(p, ["capture"])
+    train.add_protocol_flags(p, train.EXECUTION)
     return p
 
 

@@ -31,17 +31,17 @@ import teachers
 from data import DATASETS, batches, load_data
 from kd_loss import SPACE as KD_SPACE, check_kd_params, kd_loss
 from machinery import cli, files, schema
-from machinery.capture import DEVICE_RNG_LOCK, SGD, CapturedStep, learning_rate, precision, set_lr
+from machinery.capture import DEVICE_RNG_LOCK, SGD, CapturedStep, kernels, learning_rate, precision, set_lr
 from machinery.executor import with_worker
 from teachers import lessons
 
 TAU, ALPHA = 4.0, 0.9  # the usual KD setting (paper Sec. 3.1) when no searched value is given
 
 
-def knob(default, kind, text):
+def knob(default, kind, text, aliases=None):
     """A Protocol field with its command-line flag: kind parses it (a tuple: the choices), text is
-    its help; add_protocol_flags makes the flags."""
-    return field(default=default, metadata={"kind": kind, "help": text})
+    its help, aliases maps other spellings a flag accepts to a choice; add_protocol_flags makes the flags."""
+    return field(default=default, metadata={"kind": kind, "help": text, "aliases": aliases or {}})
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,12 @@ class Protocol:
     amp: str = knob("auto", ("auto", "bf16", "fp16", "off"), "mixed precision; auto: bf16 autocast on CUDA (fp16 "
                                                             "with a GradScaler without bf16), off on the CPU")
     channels_last: str = knob("auto", ("auto", "on", "off"), "channels_last memory format; auto: on for CUDA")
-    capture: str = knob("auto", ("auto", "off"), "auto: record the training step once as a CUDA graph and replay "
-                                                 "it (CUDA only); off: eager")
+    # Eager by default until the captured step is shown to train like eager on the present networks
+    # (bench/gpu_check.py's "correct" section: step 1 within 1e-6, then tracking under deterministic kernels).
+    capture: str = knob("off", ("off", "on"), "on: record the training step once as a CUDA graph and replay it "
+                                              "(CUDA only; auto is read as on); off: eager", {"auto": "on"})
+    deterministic: str = knob("off", ("off", "on"), "on, for checks: deterministic kernels (cuDNN deterministic, no "
+                                                    "kernel timing) and no TF32; off: the fastest kernels")
 
     def replace(self, **changes):
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -76,6 +80,17 @@ class Protocol:
 RESUME_KEYS = ("arch", "arch_options", "dataset", "split", "train_size", "num_classes", "epochs",
                "batch_size", "lr", "momentum", "weight_decay", "grad_clip", "aux_weight", "tau",
                "alpha", "seed", "cutout", "amp", "bn_batches")
+# Protocol fields that say how the kernels run, not what is trained: a resumed run, search or
+# retraining may change them.
+EXECUTION = ("capture", "deterministic")
+
+
+def settings_json(settings):
+    """search.json's or retrain.json's "settings" (a Settings dataclass holding a Protocol): the
+    protocol without EXECUTION's fields, which may change on resume; those beside it."""
+    s = dataclasses.asdict(settings)
+    s["protocol"] = {k: v for k, v in s["protocol"].items() if k not in EXECUTION}
+    return {**s, **{k: getattr(settings.protocol, k) for k in EXECUTION}}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -254,8 +269,7 @@ def setup(model, data, protocol, teacher, tau, alpha, options):
     amp, autocast, memory_format = precision(protocol, device)
     cutout = (data.preset.cutout if data.split == "final" else 0) if protocol.cutout is None else protocol.cutout
     capture = device.type == "cuda" and protocol.capture != "off" and amp != "fp16"  # GradScaler syncs
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
+    kernels(protocol, device)
     model.to(device, memory_format=memory_format)
     teacher = teacher if alpha > 0 else None
     live = teacher if isinstance(teacher, nn.Module) else None
@@ -393,6 +407,15 @@ def check_config(config, what="θ"):
 BUILD_LOCK = threading.Lock()  # seeding the initial weights touches the global RNG
 
 
+def build_student(arch, seed):
+    """The network of `arch` with the initial weights that `seed` makes, whatever the other students
+    of this process do meanwhile (they build under the same lock; a recording touches only the GPU's
+    generator, machinery.capture)."""
+    with BUILD_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return generator.build(arch)
+
+
 def f_kd(config, budget, arch_seed, data, teacher, protocol, options, student=None):
     """Alg. 1 line 7, f_KD(θ, b): sample the student of (θ, arch_seed) from G(θ) (generator.sample's
     keyword options in `student`, e.g. max_params), train it for b epochs with L_KD from `teacher`
@@ -403,9 +426,7 @@ def f_kd(config, budget, arch_seed, data, teacher, protocol, options, student=No
     tau, alpha = (config.get("tau", TAU), config.get("alpha", ALPHA)) if teacher is not None else (TAU, 0.0)
     arch = generator.sample({k: config[k] for k in generator.SPACE}, arch_seed, data.image_size,
                             data.num_classes, **(student or {}))
-    with BUILD_LOCK, torch.random.fork_rng(devices=[]):
-        torch.manual_seed(options.seed)
-        model = generator.build(arch)
+    model = build_student(arch, options.seed)
     options = dataclasses.replace(options, config={"arch": "nago", "arch_options": {"arch": arch}})
     return fit(model, data, protocol.replace(epochs=int(round(budget))), teacher, tau, alpha, options), arch, model
 
@@ -528,8 +549,9 @@ def add_protocol_flags(p, names=None):
     """Protocol's flags (all, or `names`), their defaults Protocol's; search.py and retrain.py take some."""
     for f in dataclasses.fields(Protocol):
         if names is None or f.name in names:
-            kind, text = f.metadata["kind"], f.metadata["help"]
-            options = {"choices": kind} if isinstance(kind, tuple) else {"type": kind}
+            kind, text, aliases = f.metadata["kind"], f.metadata["help"], f.metadata["aliases"]
+            options = {"choices": kind, "type": lambda v, a=aliases: a.get(v, v)} if isinstance(kind, tuple) \
+                else {"type": kind}
             p.add_argument("--" + f.name.replace("_", "-"), default=f.default, help=text, **options)
 
 

@@ -1,29 +1,26 @@
-"""Every GPU measurement of autokd in one run: at most about 8 minutes on one H100/H200, no download.
+"""Every GPU check of autokd in one run, in priority order, within --budget-s (default 8 minutes).
 
-    python bench/gpu_check.py --data-dir /tmp/cifar10-jpeg --out /tmp/gpu_check   # a CIFAR-10 image folder
-    python bench/gpu_check.py --cpu-smoke        # tiny sizes on the CPU, so the script cannot rot (tests run it)
+    python bench/gpu_check.py --data-dir DIR --record   # DIR: CIFAR-10 as an image folder, e.g. cifar10-jpeg
+    python bench/gpu_check.py --cpu-smoke              # the same flow at tiny sizes on the CPU (tests/test_bench.py)
 
-It prints one markdown table and writes the same figures to gpu_check.json and gpu_check.md in --out
-(and with --record into bench/RESULTS.md). Sections run in this order, each skipped when the time left
-(--budget-s) is too short, each reported as failed without stopping the others:
-
- 1. students    images/s of train.fit for the all-minimum, a middle and the all-maximum θ at batch 96:
-                eager vs the step captured as a CUDA graph, bf16 autocast, channels_last or not; the
-                recording's cost; peak memory of one student
- 2. capture     the captured step against eager (fp32 without TF32, dropout off), beside eager against
-                eager (cuDNN's run-to-run spread): the same losses within that spread
- 3. KD          a KD step over a cross-entropy step, with the live DARTS teacher and with its lessons
-                looked up; the rate at which the lessons are computed
- 4. data        the on-device augmentation's share of a step
- 5. several     aggregate images/s of 1, 2, 4 and 8 students on one GPU: threads of one worker process
-                on their own CUDA streams (what --workers-per-gpu does), and separate processes with
-                and without NVIDIA MPS
- 6. teacher     DARTS teacher training images/s, eager and captured
- 7. compile     torch.compile (mode reduce-overhead): compile time and step time, in a subprocess
- 8. search      an end-to-end mini search: search.py --gpus 1 --workers-per-gpu 4, KD with lessons,
-                one Hyperband iteration at 1-2 epoch budgets on 2,000 training images
+On a lent machine only the working tree travels: put the tarball alone in the git-ignored data/cifar10-jpeg/
+(cp ../shared/data/cifar10-jpeg.tar.gz data/cifar10-jpeg/), carry data/cifar10-jpeg, run there
+    tar xzf data/cifar10-jpeg/cifar10-jpeg.tar.gz -C data/cifar10-jpeg && python bench/gpu_check.py \\
+        --data-dir data/cifar10-jpeg --out "$OUT" --cache-dir /tmp/autokd-cache
+and here, on the folder that came back: python bench/gpu_check.py --record-from FOLDER.
+Sections, each given a share of the budget and skipped (with the reason) when too little time is
+left; every figure is appended to <out>/gpu_check.jsonl and gpu_check.md at once:
+ 1. profile       one middle-θ training step: operator calls, kernels, top kernels by GPU time, FLOPs
+                  and bytes per image; correctness: per-step losses in fp32 without TF32 under
+                  deterministic kernels, captured vs eager, beside eager vs eager
+ 2. levers        img/s per GPU of each lever, one run, the same conditions, with the binding limit
+ 3. search        a teacher trained here, then search.py end to end on one GPU (lessons, BOHB, study)
+ 4. kd            bench/kd_cifar.py: KD against no KD on the same students, with that teacher
+ 5. course        the one-GPU course run's time, projected from the rates measured above
 """
 import argparse
+import dataclasses
+import functools
 import json
 import os
 import shutil
@@ -32,24 +29,29 @@ import subprocess
 import sys
 import tempfile
 import time
-from types import SimpleNamespace
 import traceback
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
+import torch.nn as nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-from machinery import files  # noqa: E402
+import bohb  # noqa: E402
+import course  # noqa: E402
 import data as D  # noqa: E402
 import generator as G  # noqa: E402
-import teachers  # noqa: E402
+import kd_cifar  # noqa: E402
 import train as T  # noqa: E402
-from machinery import pool as machinery_pool  # noqa: E402
+from machinery import capture, files, pool as machinery_pool  # noqa: E402
 from machinery.executor import with_worker  # noqa: E402
 from results import machine, record  # noqa: E402
-from teachers import lessons  # noqa: E402
+
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuBLAS for section 1, set before CUDA starts
 
 THETAS = {
     "all-min": {k: lo for k, (_, lo, _) in G.SPACE.items()},
@@ -57,411 +59,643 @@ THETAS = {
                "bottom_nodes": 6, "bottom_k": 4, "bottom_p": 0.5},
     "all-max": {k: hi for k, (_, _, hi) in G.SPACE.items()},
 }
+# Data-sheet peaks (not measured here): dense bf16 tensor FLOP/s and HBM bytes/s, SXM parts.
+PEAKS = {"H200": (989e12, 4.8e12), "H100": (989e12, 3.35e12)}
+GRAPH_LAUNCH_S = 2e-6  # about what a graph replay costs per kernel (the issue's estimate, not measured here)
 
 
 class Report:
-    """Figures as rows of (section, measurement, value, note), with a deadline for the whole run."""
+    """Figures as (section, measurement, value, note) rows, appended to gpu_check.jsonl and rewritten into
+    gpu_check.md as they come; a deadline for the run and one for the section running."""
 
     def __init__(self, budget_s, out, only=None):
         self.start, self.budget, self.out, self.only = time.perf_counter(), budget_s, out, only
-        self.rows, self.figures, self.errors, self.keep = [], {}, {}, {}
+        self.rows, self.skipped, self.keep, self.section_end = [], {}, {}, None
+        out.mkdir(parents=True, exist_ok=True)
+        self.log = open(out / "gpu_check.jsonl", "a")
+
+    def total_left(self):
+        return self.budget - (time.perf_counter() - self.start)
 
     def left(self):
-        return self.budget - (time.perf_counter() - self.start)
+        """Seconds left to the running section (its share, or the run's end if sooner)."""
+        end = self.section_end if self.section_end is not None else float("inf")
+        return min(self.total_left(), end - time.perf_counter())
 
     def add(self, section, what, value, note=""):
         self.rows.append((section, what, value, note))
-        self.figures.setdefault(section, {})[what] = value
-        print(f"  {section:9s} {what:58s} {value}  {note}", flush=True)
+        self.keep[section, what] = value
+        print(f"  {section:8s} {what:64s} {fmt(value)}  {note}", flush=True)
+        self.log.write(json.dumps({"section": section, "what": what, "value": value, "note": note}, default=str) + "\n")
+        self.log.flush()
         self.save()
 
-    def section(self, name, needs_s, fn, *args):
-        """Run one section if `needs_s` seconds are left; an exception fails that section only."""
-        if self.only is not None and name.split(":")[0] not in self.only:
+    def section(self, name, needs_s, share_s, fn, *args):
+        """Run fn(self, *args) with `share_s` seconds if `needs_s` are left; an exception fails that section only."""
+        if self.only is not None and name not in self.only:
             return
-        if self.left() < needs_s:
-            self.errors[name] = f"skipped: {self.left():.0f} s left, it needs about {needs_s} s"
-            print(f"[{name}] {self.errors[name]}", flush=True)
+        if self.total_left() < needs_s:
+            self.skip(name, f"{self.total_left():.0f} s left, it needs about {needs_s} s")
             return
-        print(f"[{name}] ({self.left():.0f} s left)", flush=True)
+        print(f"[{name}] ({self.total_left():.0f} s left, a share of {share_s} s)", flush=True)
         t = time.perf_counter()
+        self.section_end = t + share_s
         try:
             fn(self, *args)
         except Exception:  # noqa: BLE001 (report it, run the next section)
-            self.errors[name] = traceback.format_exc().strip().splitlines()[-1]
             print(traceback.format_exc(), flush=True)
-        self.figures.setdefault("seconds", {})[name] = round(time.perf_counter() - t, 1)
-        self.save()
+            self.skip(name, "failed: " + traceback.format_exc().strip().splitlines()[-1])
+        self.section_end = None
+        self.add("seconds", name, round(time.perf_counter() - t, 1), "wall time of the section")
+
+    def skip(self, name, why):
+        self.skipped[name] = why
+        print(f"[{name}] {why}", flush=True)
+        self.add("skipped", name, why)
 
     def markdown(self):
         lines = ["| section | measurement | value | note |", "|---|---|---|---|"]
-        lines += [f"| {s} | {w} | {fmt(v)} | {n} |" for s, w, v, n in self.rows]
-        lines += [f"| {name} | not measured | | {why} |" for name, why in self.errors.items()]
-        return "\n".join(lines)
+        return "\n".join(lines + [f"| {s} | {w} | {fmt(v)} | {n} |" for s, w, v, n in self.rows])
 
     def save(self):
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "gpu_check.json").write_text(json.dumps(
-            {"machine": self.machine, "figures": self.figures, "errors": self.errors}, indent=1, default=str))
-        (self.out / "gpu_check.md").write_text(self.markdown() + "\n")
+        (self.out / "gpu_check.md").write_text(f"{self.machine}\n\n{self.markdown()}\n")
 
 
 def fmt(value):
     return f"{value:,.1f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def subset(data, n_train, n_val):
-    """The first n_train / n_val images of each split, as a Data of the same kind."""
-    import dataclasses
-    take = lambda split, n: None if split is None else D.TensorSplit(split.x[:n], split.y[:n])  # noqa: E731
-    return dataclasses.replace(data, train=take(data.train, n_train), val=take(data.val, n_val))
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
-def student(theta, data, seed=0, max_params=None):
-    arch = G.sample(theta, seed, data.image_size, data.num_classes, max_params)
-    torch.manual_seed(seed)
-    return G.build(arch), arch
+def subset(data, n_train):
+    """The first n_train training images, as a Data of the same kind."""
+    return dataclasses.replace(data, train=D.TensorSplit(data.train.x[:n_train], data.train.y[:n_train]))
 
 
-def fit_rate(model, data, protocol, device, teacher=None, alpha=0.0):
-    """(images/s of the fastest epoch after the first, extra seconds of the first epoch, result): the
-    first epoch carries cuDNN's kernel choice and, captured, the warm-up and the recording."""
-    result = T.fit(model, data, protocol, teacher, 4.0, alpha, T.RunOptions(device=device, log=lambda _: None))
-    seen = [row["images_per_s"] for row in result["history"]]
-    first_extra = len(data.train) / seen[0] - len(data.train) / max(seen[1:]) if len(seen) > 1 else 0.0
-    return max(seen[1:] or seen), first_extra, result
+def new_run(data, device, arch, cfg, **protocol):
+    """train.setup's run of a fresh student of `arch` (seed 0) on `data`, no scoring."""
+    protocol = T.Protocol(**{"batch_size": cfg.batch, "bn_batches": 0, "amp": cfg.amp, **protocol})
+    return T.setup(T.build_student(arch, 0), data, protocol, None, T.TAU, 0.0,
+                   T.RunOptions(device=str(device), workers=0))
 
 
 # ----------------------------------------------------------------------------------------------------
-# Sections
+# 1. The profile of one step, and captured against eager
 
-def students(report, data, device, cfg):
-    """1. images/s per student, eager vs captured."""
-    for name, theta in THETAS.items():
-        modes = [("eager, bf16, channels_last", dict(capture="off"), cfg.eager_images),
-                 ("captured, bf16, channels_last", dict(), cfg.images),
-                 ("captured, bf16, contiguous", dict(channels_last="off"), cfg.images),
-                 ("captured, fp32, channels_last", dict(amp="off"), cfg.images)]
-        for label, options, n in modes:
-            if report.left() < 20:
-                return
-            model, arch = student(theta, data, max_params=cfg.max_params)
-            part = subset(data, n, cfg.batch)
-            protocol = T.Protocol(epochs=cfg.epochs, batch_size=cfg.batch, bn_batches=1, **options)
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
-            rate, extra, result = fit_rate(model, part, protocol, device)
-            c = result["config"]
-            done = (f"{'captured' if c['capture'] else 'eager'}, {c['amp']}, "
-                    f"{'channels_last' if c['channels_last'] else 'contiguous'}")
-            report.add("students", f"{name} ({arch['params'] / 1e6:.2f} M params): {label}", round(rate, 1),
-                       "img/s" + ("" if done == label else f" (ran as: {done})"))
-            report.keep[name, label] = rate
-            if label.startswith("captured, bf16, channels_last"):
-                report.add("students", f"{name}: first epoch's extra time (warm-up, recording)", round(extra, 2), "s")
-                if device.type == "cuda":
-                    report.add("students", f"{name}: peak memory of one student", round(
-                        torch.cuda.max_memory_allocated(device) / 2**20, 1), "MiB, batch 96 training")
-            del model
+class Counter(TorchDispatchMode):
+    """Operator calls and the bytes they read and write (every tensor argument and result once per call:
+    the traffic of an unfused step, an estimate of what a fused one moves at most)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls, self.bytes = 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        self.calls += 1
+        self.bytes += sum(t.numel() * t.element_size() for t in tree_flatten((args, kwargs, out))[0]
+                          if isinstance(t, torch.Tensor))
+        return out
 
 
-def capture_check(report, data, device, cfg):
-    """2. captured vs eager losses over 3 epochs of 6 steps (fp32 without TF32, dropout off: the same
-    arithmetic up to cuDNN's choice of kernels), the learning rate changing between epochs."""
-    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    losses = {}
-    try:
-        for name, mode in (("eager", "off"), ("eager again", "off"), ("captured", "auto")):
-            model, _ = student(THETAS["middle"], data, max_params=cfg.max_params)
-            for m in model.modules():
-                if isinstance(m, torch.nn.Dropout):
-                    m.p = 0.0
-            protocol = T.Protocol(epochs=3, batch_size=cfg.batch, amp="off", capture=mode, bn_batches=1)
-            result = T.fit(model, subset(data, cfg.batch * 6, cfg.batch), protocol,
-                           options=T.RunOptions(device=device, log=lambda _: None))
-            losses[name] = [row["loss"] for row in result["history"]]
-            losses[name + " ran captured"] = result["config"]["capture"]
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
-    for other in ("eager again", "captured"):  # the first is the spread of eager itself, the baseline
-        gaps = [abs(a - b) / abs(a) for a, b in zip(losses["eager"], losses[other])]
-        report.add("capture", f"relative gap of each epoch's loss, {other} vs eager", ", ".join(f"{g:.1e}" for g in gaps),
-                   f"eager {[round(v, 5) for v in losses['eager']]}, {other} {[round(v, 5) for v in losses[other]]} "
-                   f"(ran captured: {losses[other + ' ran captured']})")
+def count_step(run, data, device):
+    """(operator calls, FLOPs, bytes) of one eager training step of `run` on a training batch."""
+    from torch.utils.flop_counter import FlopCounterMode
+    x, y, _ = next(D.batches(data, data.train, run.protocol.batch_size, train=True, gen=data.generator(1),
+                             memory_format=run.memory_format))
+    flops, counter = FlopCounterMode(display=False), Counter()
+    run.model.train()
+    with flops, counter:
+        T.kd_step(run, x, y, None)
+    sync(device)
+    return counter.calls, flops.get_total_flops(), counter.bytes
 
 
-def kd_costs(report, data, device, cfg):
-    """3. KD step / CE step with the live teacher and with lessons looked up (middle θ, captured)."""
-    teacher = teachers.build("darts", data.num_classes, width=cfg.teacher_width, layers=cfg.teacher_layers)
-    part = subset(data, cfg.images, cfg.batch)
-    amp, autocast, _ = T.precision(T.Protocol(), device)
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float32
-    p = data.preset
-    views = (2 if p.flip else 1, 2 * p.pad + 1, 2 * p.pad + 1)
-    table = lessons.Lessons(torch.randn(len(part.train), *views, data.num_classes, device=device).to(dtype), {})
-    rates = {}
-    for label, kd_teacher, alpha in (("cross-entropy", None, 0.0), ("KD, live teacher", teacher, 0.9),
-                                     ("KD, lessons looked up", table, 0.9)):
-        model, _ = student(THETAS["middle"], data, max_params=cfg.max_params)
-        protocol = T.Protocol(epochs=cfg.epochs, batch_size=cfg.batch, bn_batches=1)
-        rates[label], _, _ = fit_rate(model, part, protocol, device, kd_teacher, alpha)
-        report.add("KD", f"middle θ, {label}", round(rates[label], 1), "img/s")
-    for label in ("KD, live teacher", "KD, lessons looked up"):
-        report.add("KD", f"{label}: KD step / cross-entropy step", round(rates["cross-entropy"] / rates[label], 3),
-                   "goal <= 1.05")
-    # the lessons' own cost: the teacher over every view of some images, extrapolated to the whole set
-    few = subset(data, cfg.lesson_images, cfg.batch)
-    teacher.to(device, memory_format=torch.channels_last)
-    lessons.compute(teacher, few, autocast, torch.channels_last, dtype, {})  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def profile(report, data, device, cfg):
+    """One middle-θ step (eager, the default precision): calls, kernels, top kernels, time per kernel."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+    arch = G.sample(cfg.theta, 0, data.image_size, data.num_classes, cfg.max_params)
+    part = subset(data, cfg.batch * cfg.profile_steps)
+    run = new_run(part, device, arch, cfg, capture="off")
+    T.train_epoch(run, part.generator(0))  # warm-up: cuDNN's choice, the allocator
+    calls, flops, traffic = count_step(run, part, device)
+    report.add("profile", f"{cfg.theta_name} θ: width {arch['width']}, {arch['params'] / 1e6:.2f} M params, batch "
+               f"{cfg.batch}, {run.cfg['amp']}", calls, "operator calls per training step (dispatch count)")
+    report.add("profile", "FLOPs per training image (forward + backward)", f"{flops / cfg.batch / 1e9:.4g}", "GFLOP")
+    report.add("profile", "bytes read + written per training image, unfused", round(traffic / cfg.batch / 1e6, 1), "MB")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        steps = T.train_epoch(run, part.generator(1))[2] / cfg.batch
+    on_gpu = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    kernels = len(on_gpu) / steps if on_gpu else None
+    report.add("profile", "kernels per training step (torch.profiler)", "not counted" if kernels is None else
+               round(kernels), "" if kernels else "no CUDA device")
+    key = "self_device_time_total" if on_gpu else "self_cpu_time_total"
+    entries = [e for e in prof.key_averages() if not on_gpu or e.device_type == torch.autograd.DeviceType.CUDA]
+    total = sum(getattr(e, key) for e in entries) or 1
+    for e in sorted(entries, key=lambda e: getattr(e, key), reverse=True)[:cfg.top_kernels]:
+        report.add("profile", f"top {'kernel' if on_gpu else 'CPU op'}: {e.key[:58]}",
+                   f"{100 * getattr(e, key) / total:.1f} %", f"{e.count / steps:.0f} per step")
     t = time.perf_counter()
-    lessons.compute(teacher, few, autocast, torch.channels_last, dtype, {})
+    T.train_epoch(run, part.generator(2))  # unprofiled; it ends in a host wait
+    step_s = (time.perf_counter() - t) / steps
+    report.add("profile", "eager step time, profiler off", round(1e3 * step_s, 2),
+               f"ms; {1e6 * step_s / (kernels or calls):.1f} µs per {'kernel' if kernels else 'operator call'}")
+
+
+def correctness(report, data, device, cfg):
+    """Per-step losses of the middle θ in fp32 without TF32 under deterministic kernels: eager twice
+    (the spread of eager itself) and captured, over cfg.check_epochs epochs of cfg.check_steps steps."""
+    arch = G.sample(cfg.theta, 0, data.image_size, data.num_classes, cfg.max_params)
+    part = subset(data, cfg.batch * cfg.check_steps)
+    losses, captured = {}, None
+    for name, mode in (("eager", "off"), ("eager again", "off"), ("captured", "on")):
+        torch.manual_seed(0)  # dropout, on every device
+        run = new_run(part, device, arch, cfg, amp="off", capture=mode, deterministic="on")
+        tf32 = device.type == "cuda" and (torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32)
+        assert not tf32, "deterministic mode left TF32 on: the fp32 rows would not be fp32"
+        step, losses[name] = run.step, []
+        run.step = lambda x, y, lesson, step=step, out=losses[name]: keep_loss(step(x, y, lesson), out)
+        gen = part.generator(0)
+        for epoch in range(cfg.check_epochs):
+            T.train_epoch(run, gen)
+            capture.set_lr(run.optimizer, T.cosine(run.peak, epoch + 1, cfg.check_epochs))
+        losses[name] = [float(v) for v in losses[name]]
+        if mode == "on":
+            captured = step.graph is not None
+    report.keep["losses"] = losses
+    eager = losses["eager"]
+    for other in ("eager again", "captured"):
+        gaps = [abs(a - b) for a, b in zip(eager, losses[other])]
+        report.add("correct", f"{other} vs eager: step 1 |Δloss|", f"{gaps[0]:.2e}",
+                   ("within 1e-6" if gaps[0] <= 1e-6 else "NOT within 1e-6") +
+                   (f"; ran captured: {captured}" if other == "captured" else ""))
+        report.add("correct", f"{other} vs eager: largest relative gap over {len(gaps)} steps",
+                   f"{max(g / abs(a) for g, a in zip(gaps, eager)):.2e}", "fp32, TF32 off, deterministic kernels")
+    report.add("correct", "per-step losses (eager, eager again, captured)", json.dumps(
+        {k: [round(v, 7) for v in vs] for k, vs in losses.items()}), "")
+
+
+def keep_loss(result, out):
+    out.append(result[0].detach().clone())  # a replayed graph's output is overwritten by the next replay
+    return result
+
+
+# ----------------------------------------------------------------------------------------------------
+# 2. The levers, side by side
+
+def steady_rate(data, device, arch, cfg, tweak=None, **protocol):
+    """{rate: img/s of cfg.lever_epochs epochs after a warm-up epoch, calls: operator calls per step, flops and
+    bytes per image, captured: whether it ran captured} of a fresh student of `arch` with `tweak(run)` applied."""
+    part = subset(data, cfg.lever_images)
+    run = new_run(part, device, arch, cfg, **protocol)
+    if tweak is not None:
+        tweak(run)
+    gen = part.generator(0)
+    T.train_epoch(run, gen)  # warm-up: cuDNN's timing, the recording
+    t, seen = time.perf_counter(), 0
+    for _ in range(cfg.lever_epochs):
+        seen += T.train_epoch(run, gen)[2]  # ends in a host wait
+    rate = seen / (time.perf_counter() - t)
+    calls, flops, traffic = count_step(run, part, device)
+    batch = run.protocol.batch_size
+    result = {"rate": rate, "calls": calls, "flops": flops / batch, "bytes": traffic / batch, "batch": batch,
+              "captured": getattr(run.step, "graph", None) is not None}
+    del run
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    rate = cfg.lesson_images * views[0] * views[1] * views[2] / (time.perf_counter() - t)
-    report.add("KD", f"lessons: teacher forward over every view (DARTS C={cfg.teacher_width}, {cfg.teacher_layers} cells)",
-               round(rate, 1), "views/s")
-    report.add("KD", "lessons for the CIFAR search's 45,000 images x 162 views, at that rate",
-               round(45000 * 162 / rate, 1), "s (extrapolated)")
+        torch.cuda.empty_cache()
+    return result
 
 
-def pipeline(report, data, device, cfg):
-    """4. the data pipeline's share of a captured middle-θ step."""
-    gen = data.generator(0)
-    layout = torch.channels_last if device.type == "cuda" else torch.contiguous_format
-    times = []
-    for _ in range(3):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        t, n = time.perf_counter(), 0
-        for _ in D.batches(data, data.train, cfg.batch, train=True, gen=gen, memory_format=layout):
-            n += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - t) / n)
-    per_batch = min(times)
-    step = cfg.batch / report.keep.get(("middle", "captured, bf16, channels_last"), float("nan"))
-    report.add("data", f"on-device augmentation, one batch of {cfg.batch} (epoch of {len(data.train):,})",
-               round(per_batch * 1e3, 3), "ms")
-    report.add("data", "its share of a captured middle-θ step", f"{100 * per_batch / step:.2f} %", "goal < 2 %")
+def limits(machine_line, r):
+    """What a lever's rate `r` (steady_rate's result) achieves: TFLOP/s, GB/s of unfused traffic and the time
+    per operator call; on a device with data-sheet peaks, their shares, with launches' share for a captured
+    step (calls x a replay's cost per kernel over the step time), and the largest share, which binds."""
+    steps_s = r["rate"] / r["batch"]
+    text = (f"{r['flops'] * r['rate'] / 1e12:.2f} TFLOP/s, {r['bytes'] * r['rate'] / 1e9:.0f} GB/s unfused, "
+            f"{1e6 / steps_s / r['calls']:.1f} µs per call")
+    peak = next((v for k, v in PEAKS.items() if k in machine_line), None)
+    if peak is None:
+        return text + " (no data-sheet peak for this device)"
+    shares = {"arithmetic": r["flops"] * r["rate"] / peak[0], "bandwidth": r["bytes"] * r["rate"] / peak[1]}
+    if r["captured"]:
+        shares["launches (2 µs per call, assumed)"] = r["calls"] * GRAPH_LAUNCH_S * steps_s
+    return text + "; of peak: " + ", ".join(f"{k} {100 * v:.0f} %" for k, v in shares.items()) + \
+        f"; binds: {max(shares, key=shares.get)}"
 
 
-def several(report, data_args, device, cfg, mode):
-    """5. aggregate images/s of n students on one GPU: threads of one process, or separate processes."""
-    settings = SimpleNamespace(dataset=data_args["dataset"], data_dir=data_args["data_dir"], split="search",
-                               cache_dir=data_args["cache_dir"], val_size=None, no_kd=True, teacher=None,
-                               workers_per_gpu=max(cfg.students), lessons=None, lessons_key=None)
-    env = {}
-    if mode == "processes under MPS":
-        env = start_mps()
-        if env is None:
-            report.add("several", "processes under MPS", "not measured", "nvidia-cuda-mps-control could not start")
-            return
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the spawned workers inherit it
+def levers(report, data, device, cfg):
+    """Each lever's img/s per GPU for the middle θ (batch cfg.batch, captured unless said), one after another
+    in one process; then the students per GPU, the conv sweep and the compiled units."""
+    exact = G.sample(cfg.theta, 0, data.image_size, data.num_classes, cfg.max_params)
+    aligned = G.sample(cfg.theta, 0, data.image_size, data.num_classes, cfg.max_params, width_multiple=8)
+    short = cfg.lever_images % cfg.batch
+    rows = [("eager", exact, {}, dict(capture="off")),
+            ("captured", exact, {}, dict(capture="on")),
+            (f"captured, width {aligned['width']} (multiple of 8, {aligned['params'] / 1e6:.2f} M params) "
+             f"instead of {exact['width']}", aligned, {}, dict(capture="on")),
+            (f"eager, width {aligned['width']}", aligned, {}, dict(capture="off"))]
+    rows += [(f"captured, batch {b} (lr x {b / cfg.batch:g})", exact, {}, dict(capture="on", batch_size=b))
+             for b in cfg.batches[1:]]
+    rows += [("captured, no num_batches_tracked updates", exact, {"tweak": no_batch_counter}, dict(capture="on")),
+             ("captured, one bf16 cast of all conv weights", exact, {"tweak": one_weight_cast}, dict(capture="on")),
+             (f"captured, a second graph for the short last batch of {short}", exact, {"tweak": short_batch_graph},
+              dict(capture="on")),
+             ("captured, TF32 without autocast", exact, {}, dict(capture="on", amp="off"))]
+    batch_rates = {}
+    for label, arch, options, protocol in rows:
+        if report.left() < cfg.lever_needs_s:
+            report.add("levers", label, "not measured", "out of the section's time")
+            continue
+        r = steady_rate(data, device, arch, cfg, **options, **protocol)
+        report.add("levers", label, round(r["rate"], 1), f"img/s; {r['calls']} calls/step; ran captured: "
+                   f"{r['captured']}; " + limits(report.machine, r))
+        if arch is exact and protocol.get("capture") == "on" and not options.get("tweak") and "amp" not in protocol:
+            batch_rates[r["batch"]] = r["rate"]
+    best = max(batch_rates, key=batch_rates.get, default=cfg.batch)
+    for mode in ("threads", "processes"):
+        several(report, device, cfg, mode, sorted({cfg.batch, best}))
+    conv_sweep(report, data, device, cfg)
+    if report.left() > cfg.lever_needs_s:  # last: compiling may take the rest of the section
+        regional_compile(report, device, cfg)
+
+
+def no_batch_counter(run):
+    """BatchNorm without its num_batches_tracked buffer: one add kernel less per BatchNorm and step. (It
+    feeds only momentum=None, which train.recalibrate_bn uses: a bench lever, not a code option.)"""
+    for m in run.model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.num_batches_tracked = None
+
+
+def one_weight_cast(run):
+    """Every conv weight a channels_last view of one flat fp32 parameter cast to bf16 once per step (one
+    kernel forward, one back) instead of one autocast cast per conv. A bench lever, not a code option."""
+    convs = [m for m in run.model.modules() if isinstance(m, nn.Conv2d)]
+    shapes = [c.weight.shape for c in convs]                               # (O, I, kh, kw) each
+    flat = nn.Parameter(torch.cat([c.weight.detach().permute(0, 2, 3, 1).reshape(-1) for c in convs]))
+    for c in convs:
+        del c.weight
+    run.model.register_parameter("conv_weights", flat)
+    dtype = torch.bfloat16 if run.cfg["amp"] == "bf16" else flat.dtype
+
+    def cast(module, args):
+        for c, piece, (o, i, kh, kw) in zip(convs, flat.to(dtype).split([s.numel() for s in shapes]), shapes):
+            c.weight = piece.view(o, kh, kw, i).permute(0, 3, 1, 2)   # (O, I, kh, kw), channels_last strides
+    run.model.register_forward_pre_hook(cast)
+    renew_step(run)
+
+
+def renew_step(run):
+    """The optimiser and the step of `run` made again over its parameters as they are now."""
+    p = run.protocol
+    run.params = [q for q in run.model.parameters() if q.requires_grad]
+    run.optimizer = capture.SGD(run.params, capture.learning_rate(run.peak, run.device, run.cfg["capture"]),
+                                p.momentum, p.weight_decay)
+    run.step = capture.CapturedStep(functools.partial(T.kd_step, run), run.model, run.optimizer, p.batch_size,
+                                    run.cfg["capture"])
+
+
+class TwoGraphs:
+    """The full batches' CapturedStep, and a second one recorded for the short last batch of an epoch
+    (which the first runs eagerly)."""
+
+    def __init__(self, run):
+        self.full = run.step
+        self.short = capture.CapturedStep(self.full.step, run.model, run.optimizer,
+                                          len(run.data.train) % run.protocol.batch_size, self.full.can_capture)
+
+    @property
+    def graph(self):
+        return self.full.graph if self.short.graph is not None else None
+
+    def __call__(self, x, y, lesson=None):
+        return (self.full if len(y) == self.full.batch_size else self.short)(x, y, lesson)
+
+
+def short_batch_graph(run):
+    run.step = TwoGraphs(run)
+
+
+COMPILE_CHILD = """
+import json, sys
+sys.path.insert(0, {bench!r})
+import gpu_check
+print("RESULT " + json.dumps(gpu_check.compiled_rate(json.loads({args!r}))), flush=True)
+"""
+
+
+def compiled_rate(args):
+    """In a child process: the middle θ with every ReLU-Conv-BN unit compiled on its own (regional
+    compilation: one compiled graph per unit shape), eager and captured."""
+    cfg = SimpleNamespace(**args["cfg"])
+    device = torch.device(args["device"])
+    data = D.load_data(args["dataset"], args["data_dir"], "search", device=device, val_size=args["val_size"],
+                       cache_dir=args["cache_dir"])
+    arch = G.sample(cfg.theta, 0, data.image_size, data.num_classes, cfg.max_params)
+    torch._dynamo.config.cache_size_limit = 256  # one entry per unit shape and dtype
+
+    def compile_units(run):
+        for m in run.model.modules():
+            if isinstance(m, nn.Sequential) and [type(c) for c in m] == [nn.ReLU, nn.Conv2d, nn.BatchNorm2d]:
+                m.compile(backend=cfg.compile_backend, dynamic=False)
+    out = {}
+    for mode in ("off", "on"):
+        t = time.perf_counter()
+        out[mode] = {**steady_rate(data, device, arch, cfg, tweak=compile_units, capture=mode),
+                     "seconds": time.perf_counter() - t}
+    return out
+
+
+def regional_compile(report, device, cfg):
+    """torch.compile per unit (regional compilation), in a child process with a time limit."""
+    args = {"cfg": vars(cfg), "device": str(device), **report.data_args}
+    limit = max(10, int(report.left() - 5))
+    code = COMPILE_CHILD.format(bench=str(ROOT / "bench"), args=json.dumps(args))
+    label = f"compiled units ({cfg.compile_backend})"
     try:
-        counts = cfg.students if mode == "threads" else cfg.process_students
-        pool = machinery_pool.Pool([(str(device), max(counts))] if mode == "threads" else
-                                   [(str(device), 1)] * max(counts), T.Worker.load, (settings,))
-        try:
-            for n in counts:
-                if report.left() < 25:
-                    break
-                futures = [pool.submit(with_worker(steady_student), cfg.images, cfg.epochs + 1, cfg.batch, seed, cfg.max_params)
-                           for seed in range(n)]
-                runs = [f.result(timeout=max(10, min(120, report.left() - 10))) for f in futures]
-                start = max(r["steady_start"] for r in runs)
-                end = min(r["end"] for r in runs)
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired:
+        report.add("levers", label, "not finished", f"still compiling after {limit} s")
+        return
+    line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
+    if not line:
+        report.add("levers", label, "failed", (r.stderr.strip().splitlines() or ["?"])[-1][:200])
+        return
+    for mode, res in json.loads(line[0][7:]).items():
+        name = "captured" if mode == "on" else "eager"
+        report.add("levers", f"{name}, {label}", round(res["rate"], 1),
+                   f"img/s; ran captured: {res['captured']}; {res['seconds']:.0f} s with compilation; "
+                   + limits(report.machine, res))
+
+
+def conv_sweep(report, data, device, cfg):
+    """One ReLU-Conv3x3-BN unit, forward and backward, at every stage width of the three θ (exact and
+    rounded to a multiple of 8) and its resolution: time and TFLOP/s."""
+    amp, autocast, layout = capture.precision(T.Protocol(amp=cfg.amp), device)
+    widths = set()
+    for theta in (THETAS[name] for name in cfg.sweep_thetas):
+        for multiple in (1, 8):
+            try:
+                arch = G.sample(theta, 0, data.image_size, data.num_classes, cfg.max_params, width_multiple=multiple)
+            except ValueError:  # no width of this multiple fits the limit (the smoke's tiny one)
+                continue
+            widths |= {(arch["width"] * r, data.image_size // r) for r in (1, 2, 4)}
+    for c, size in sorted(widths):
+        if report.left() < 2:
+            report.add("levers", "conv sweep", "stopped", "out of the section's time")
+            return
+        unit = G.unit(c, c).to(device, memory_format=layout)
+        x = torch.randn(cfg.batch, c, size, size, device=device).contiguous(memory_format=layout).requires_grad_()
+        for i in range(cfg.sweep_iters + 3):  # 3 warm-up
+            if i == 3:
+                sync(device)
+                t = time.perf_counter()
+            with autocast:
+                out = unit(x)
+            out.float().sum().backward()
+        sync(device)
+        seconds = (time.perf_counter() - t) / cfg.sweep_iters
+        flops = 3 * 2 * cfg.batch * c * c * 9 * size * size  # forward, and backward's two products
+        report.add("levers", f"conv sweep: {c} channels at {size} px, {amp}", round(seconds * 1e6, 1),
+                   f"µs per unit (fwd + bwd, batch {cfg.batch}); {flops / seconds / 1e12:.2f} TFLOP/s")
+
+
+def several(report, device, cfg, mode, batches):
+    """Aggregate img/s of n middle-θ students on one GPU at each batch size: threads of one worker process
+    on their own streams (--workers-per-gpu), or processes of one student each."""
+    if report.left() < cfg.several_needs_s:
+        report.add("levers", f"students per GPU, {mode}", "not measured", "out of the section's time")
+        return
+    settings = SimpleNamespace(**report.worker_settings, workers_per_gpu=max(cfg.students))
+    slots = [(str(device), max(cfg.students))] if mode == "threads" else [(str(device), 1)] * max(cfg.students)
+    pool = machinery_pool.Pool(slots, T.Worker.load, (settings,))
+    try:
+        for batch in batches:
+            for n in cfg.students:
+                label = f"{n} students, {mode}, batch {batch}"
+                if report.left() < cfg.several_needs_s:
+                    report.add("levers", label, "not measured", "out of the section's time")
+                    continue
+                futures = [pool.submit(with_worker(steady_student), cfg, batch, seed) for seed in range(n)]
+                runs = [f.result(timeout=max(10, report.left())) for f in futures]
+                start, end = max(r["steady_start"] for r in runs), min(r["end"] for r in runs)
                 images = sum(r["rate"] * (end - start) for r in runs)
-                report.add("several", f"{n} student(s), {mode}", round(images / (end - start), 1),
-                           f"img/s in all (middle θ; captured: {all(r['captured'] for r in runs)})")
-        finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+                report.add("levers", label, round(images / max(end - start, 1e-9), 1),
+                           f"img/s in all ({cfg.theta_name} θ; captured: {all(r['captured'] for r in runs)})")
     finally:
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-        if env:
-            subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", text=True, env={**os.environ, **env},
-                           timeout=20, capture_output=True)
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
-def steady_student(worker, n_images, epochs, batch, seed, max_params):
-    """In a worker: the middle θ trained on n_images; its rate after the first epoch, and when."""
-    part = subset(worker.data, n_images, batch)
-    model, _ = student(THETAS["middle"], part, seed, max_params)
+def steady_student(worker, cfg, batch, seed):
+    """In a worker: the middle θ trained on cfg.lever_images; its rate after the first epoch, and when."""
+    part = subset(worker.data, cfg.lever_images)
     ends = []
-    result = T.fit(model, part, T.Protocol(epochs=epochs, batch_size=batch, bn_batches=1, eval_every=epochs),
-                   options=T.RunOptions(device=worker.device, seed=seed, own_rng=False,
-                                        log=lambda _: ends.append(time.time())))
+    arch = G.sample(cfg.theta, seed, part.image_size, part.num_classes, cfg.max_params)
+    protocol = T.Protocol(epochs=cfg.lever_epochs + 1, batch_size=batch, bn_batches=0, amp=cfg.amp,
+                          eval_every=cfg.lever_epochs + 1, capture="on")
+    result = T.fit(T.build_student(arch, seed), part, protocol, options=T.RunOptions(
+        device=worker.device, seed=seed, own_rng=False, workers=0, log=lambda _: ends.append(time.time())))
     rates = [row["images_per_s"] for row in result["history"][1:]]
     return {"rate": statistics.median(rates), "steady_start": ends[0], "end": ends[-1],
             "captured": result["config"]["capture"]}
 
 
-def start_mps():
-    """Start an NVIDIA MPS control daemon for this run's processes (its own pipe folder); None if not."""
-    if shutil.which("nvidia-cuda-mps-control") is None:
-        return None
-    folder = tempfile.mkdtemp(prefix="mps-")
-    env = {"CUDA_MPS_PIPE_DIRECTORY": folder, "CUDA_MPS_LOG_DIRECTORY": folder}
-    r = subprocess.run(["nvidia-cuda-mps-control", "-d"], env={**os.environ, **env}, capture_output=True,
-                       text=True, timeout=20)
-    return env if r.returncode == 0 else None
+# ----------------------------------------------------------------------------------------------------
+# 3. Teacher and search end to end; 4. the KD preset; 5. the course's projected time
 
-
-def teacher_training(report, data, device, cfg):
-    """6. the DARTS teacher's training images/s (full size), eager and captured."""
-    for label, capture in (("eager", "off"), ("captured", "auto")):
-        torch.manual_seed(0)
-        net = teachers.build("darts", data.num_classes, width=cfg.teacher_width, layers=cfg.teacher_layers)
-        protocol = T.Protocol(epochs=cfg.epochs, batch_size=cfg.batch, capture=capture, bn_batches=1)
-        rate, _, result = fit_rate(net, subset(data, cfg.images, cfg.batch), protocol, device)
-        report.add("teacher", f"DARTS C={cfg.teacher_width}, {cfg.teacher_layers} cells, training: {label}", round(rate, 1),
-                   f"img/s (captured: {result['config']['capture']})")
-
-
-COMPILE = """
-import sys, time, torch
-sys.path.insert(0, {root!r})
-import generator as G
-theta = {theta!r}
-torch.manual_seed(0)
-model = G.build(G.sample(theta, 0)).to("cuda", memory_format=torch.channels_last)
-opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-x = torch.randn(96, 3, 32, 32, device="cuda").contiguous(memory_format=torch.channels_last)
-y = torch.randint(0, 10, (96,), device="cuda")
-def step():
-    with torch.autocast("cuda", torch.bfloat16):
-        loss = torch.nn.functional.cross_entropy(cmodel(x).float(), y)
-    loss.backward(); opt.step(); opt.zero_grad(set_to_none=True)
-cmodel = torch.compile(model, mode="reduce-overhead")
-t = time.perf_counter(); step(); step(); torch.cuda.synchronize(); compile_s = time.perf_counter() - t
-for _ in range(5): step()
-torch.cuda.synchronize(); t = time.perf_counter()
-for _ in range(20): step()
-torch.cuda.synchronize()
-print("RESULT", compile_s, (time.perf_counter() - t) / 20)
-"""
-
-
-def compile_check(report, device, cfg, name):
-    """7. torch.compile of one student's forward (and backward), in a subprocess with a time limit."""
-    limit = int(min(cfg.compile_s, report.left() - 30))
-    code = COMPILE.format(root=str(ROOT), theta=THETAS[name])
-    try:
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=limit)
-    except subprocess.TimeoutExpired:
-        report.add("compile", f"{name}: torch.compile reduce-overhead", "not finished", f"still compiling after {limit} s")
-        return
-    line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT")]
-    if not line:
-        report.add("compile", f"{name}: torch.compile reduce-overhead", "failed", (r.stderr.strip().splitlines() or ["?"])[-1])
-        return
-    compile_s, step_s = map(float, line[0].split()[1:])
-    report.add("compile", f"{name}: compile time (first two steps)", round(compile_s, 1), "s")
-    report.add("compile", f"{name}: compiled step (fwd + bwd + SGD), batch 96", round(96 / step_s, 1), "img/s")
-
-
-def mini_search(report, data_args, device, cfg, out):
-    """8. search.py end to end on this GPU: spawned workers, several per GPU, KD with lessons, AMP."""
-    teacher_path = out / "tiny_teacher.pt"
-    net = teachers.build("darts", 10, width=8, layers=5)
-    files.save_checkpoint(teacher_path, {"model": net.state_dict(), "epoch": 1, "config": {
-        "arch": "darts", "arch_options": {"width": 8, "layers": 5}, "dataset": data_args["dataset"],
-        "num_classes": 10}})
-    folder = out / "mini_search"
-    shutil.rmtree(folder, ignore_errors=True)
-    command = [sys.executable, str(ROOT / "search.py"), "--dataset", data_args["dataset"], "--teacher",
-               str(teacher_path), "--out", str(folder), "--iterations", "1", "--seed", "0"] + cfg.search_args
-    if data_args["data_dir"]:
-        command += ["--data-dir", data_args["data_dir"]]
-    if data_args["cache_dir"]:
-        command += ["--cache-dir", data_args["cache_dir"]]
+def mini_search(report, device, cfg, out, work):
+    """A DARTS teacher trained by train.py, then search.py on one GPU with it: lessons, BOHB, the study."""
+    teacher = work / "teacher.pt"
+    t = time.perf_counter()
+    epochs, rate, accuracy = kd_cifar.train_teacher(teacher, report.data_args, *cfg.teacher, cfg.teacher_batch,
+                                                    device, min(cfg.teacher_s, report.left() - 10))
+    report.teacher = teacher
+    report.keep["teacher rate"] = rate
+    report.add("search", f"teacher: DARTS C={cfg.teacher[0]}, {cfg.teacher[1]} cells, {epochs}/{cfg.teacher[2]} epochs",
+               round(time.perf_counter() - t, 1), f"s wall; {rate:,.0f} img/s training (median epoch); hold-out "
+               f"accuracy {100 * accuracy:.2f} %")
+    folder = work / "mini_search"
+    command = [sys.executable, str(ROOT / "search.py"), "--dataset", report.data_args["dataset"], "--teacher",
+               str(teacher), "--out", str(folder), "--seed", "0", *cfg.search_args,
+               *kd_cifar.data_flags(report.data_args)]
     t = time.perf_counter()
     with open(out / "mini_search.log", "w") as log:  # kept when the search runs out of time too
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, text=True)
         try:
-            returncode = process.wait(timeout=max(10, report.left() - 15))
+            code = process.wait(timeout=max(10, report.left()))
         except subprocess.TimeoutExpired:
             process.kill()
-            returncode = "killed: out of time"
-    records = [json.loads(line) for line in (folder / "results.jsonl").read_text().splitlines()] \
-        if (folder / "results.jsonl").is_file() else []
-    report.add("search", f"mini search ({len(records)} evaluations, exit {returncode})",
-               round(time.perf_counter() - t, 1), "s wall, spawn and lessons included")
-    ok = [x for x in records if x["loss"] is not None]
-    report.add("search", "evaluations that succeeded / captured / with lessons",
-               f"{len(ok)} / {sum(bool(x['info'].get('capture')) for x in ok)} / "
-               f"{sum(x['info'].get('lessons') == 'cached' for x in ok)}", "best.json " +
-               ("written" if (folder / "best.json").is_file() else "missing"))
+            code = "killed: out of time"
+    wall = time.perf_counter() - t
+    records = [r for name in ("results.jsonl", "study.jsonl") for r in files.read_jsonl(folder / name)[0]]
+    ok = [r for r in records if r["loss"] is not None]
+    images = sum(r["info"].get("images", 0) for r in ok)
+    report.keep["search rate"] = images / wall
+    report.add("search", f"search.py: {len(ok)}/{len(records)} evaluations succeeded (exit {code})", round(wall, 1),
+               f"s wall, start-up, lessons, scoring and BatchNorm re-estimation included; best.json "
+               f"{'written' if (folder / 'best.json').is_file() else 'missing'}")
+    report.add("search", "student images over the whole search's wall time", round(images / wall, 1),
+               f"img/s ({images:,} images; captured: {sum(bool(r['info'].get('capture')) for r in ok)}, "
+               f"lessons looked up: {sum(r['info'].get('lessons') == 'cached' for r in ok)})")
+
+
+def kd_preset(report, device, cfg, out):
+    """bench/kd_cifar.py with this run's teacher (or its own), in the time left."""
+    command = [sys.executable, str(ROOT / "bench" / "kd_cifar.py"), "--out", str(out / "kd_cifar"),
+               "--budget-s", str(int(report.left() - 20)), *cfg.kd_args, *kd_cifar.data_flags(report.data_args)]
+    if getattr(report, "teacher", None) and Path(report.teacher).is_file():
+        command += ["--teacher", str(report.teacher)]
+    with open(out / "kd_cifar.log", "w") as log:
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, timeout=max(10, report.left()))
+    result = json.loads((out / "kd_cifar" / "kd_cifar.json").read_text())
+    report.add("kd", f"bench/kd_cifar.py: {result['finished']}/{result['planned']} runs (exit {code})",
+               round(result["wall_s"], 1), "s wall")
+    for r in result["result"]["paired"]:
+        report.add("kd", f"{r['budget']:g} epochs: mean KD − no KD over {r['pairs']} pairs",
+                   "n/a" if r["mean_diff"] is None else f"{100 * r['mean_diff']:+.2f} pp",
+                   f"KD wins {r['kd_wins']} / losses {r['kd_losses']}, sign test p = {r['sign_test_p']}")
+    for r in result["result"]["spearman"]:
+        report.add("kd", f"Spearman ρ, {r['budgets'][0]:g} vs {r['budgets'][1]:g} epochs, {r['arm']}", r["rho"],
+                   f"{r['students']} students")
+
+
+def course_projection(report, cfg):
+    """The one-GPU CIFAR-10 course run (bench/course.py) at the rates measured above: its teacher's
+    images at the teacher's training rate, its searches' and retrainings' student images at the
+    mini search's whole-run rate. A projection, not a measured course run."""
+    teacher_rate, search_rate = report.keep.get("teacher rate"), report.keep.get("search rate")
+    if not teacher_rate or not search_rate:
+        report.add("course", "projection", "not made", "needs the teacher's and the mini search's measured rates")
+        return
+    flags = lambda argv: {k.lstrip("-").replace("-", "_"): v for k, v in zip(argv[::2], argv[1::2])}  # noqa: E731
+    teacher, search, retrain = flags(course.COURSE_TEACHER), flags(course.COURSE_SEARCH), flags(course.COURSE_RETRAIN)
+    plan = bohb.bracket_plan(float(search["min_budget"]), float(search["max_budget"]), 2)
+    budgets = sorted({b for bracket in plan for _, b in bracket})
+    search_epochs = int(int(search["iterations"]) * bohb.plan_budget(plan) + int(search["study"]) * sum(budgets))
+    images = {"teacher": int(teacher["epochs"]) * 50_000, "two searches": 2 * search_epochs * 45_000,
+              "two retrainings": 2 * int(retrain["k"]) * int(retrain["runs"]) * int(retrain["epochs"]) * 50_000}
+    seconds = {"teacher": images["teacher"] / teacher_rate,
+               **{k: images[k] / search_rate for k in ("two searches", "two retrainings")}}
+    for k in images:
+        report.add("course", f"{k}: {images[k]:,} images", round(seconds[k] / 60, 1), "minutes, projected")
+    report.add("course", "the course run in all", round(sum(seconds.values()) / 60, 1),
+               "minutes, projected from measured rates (retraining at the search's rate; not a measured run)")
 
 
 # ----------------------------------------------------------------------------------------------------
 
 class Sizes:
-    """Sizes of the measurements: real on a GPU, tiny for --cpu-smoke."""
+    """Sizes of the checks: for one H100/H200, or tiny for --cpu-smoke (digits on the CPU)."""
 
     def __init__(self, smoke):
+        self.theta_name = "middle" if not smoke else "a small"
+        self.theta = THETAS["middle"] if not smoke else THETAS["all-min"]
+        self.max_params = None if not smoke else 200_000
+        self.amp = "auto" if not smoke else "bf16"
         self.batch = 96 if not smoke else 16
-        self.epochs = 3 if not smoke else 2
-        self.images = self.batch * (40 if not smoke else 2)
-        self.eager_images = self.batch * (15 if not smoke else 2)
-        self.lesson_images = 512 if not smoke else 8
-        self.teacher_width, self.teacher_layers = (36, 20) if not smoke else (4, 3)
-        self.students = (1, 2, 4, 8) if not smoke else (1, 2)
-        self.process_students = (4,) if not smoke else (2,)
-        self.compile_s = 150
-        self.max_params = None if not smoke else 120_000  # the paper's 4.0 M on a GPU
-        self.search_args = (["--gpus", "1", "--workers-per-gpu", "4", "--val-size", "48000", "--min-budget", "1",
-                             "--max-budget", "2"] if not smoke else
-                            ["--gpus", "0", "--workers", "1", "--max-params", "120000", "--batch-size", "64",
-                             "--min-budget", "1", "--max-budget", "1", "--study", "0"])
+        self.batches = (96, 192, 384, 768) if not smoke else (16, 32)
+        # the CIFAR subset: 5,000 training images, 1,000 held out; the smoke's digits: 297 and 800
+        self.per_class, self.val_size = 600, 1000 if not smoke else 800
+        self.profile_steps, self.top_kernels = (10, 10) if not smoke else (2, 3)
+        self.check_steps, self.check_epochs = (10, 2) if not smoke else (3, 2)
+        # an epoch of 3 batches of 768 (24 of 96) and a short last batch of 72, as 45,000 mod 96 leaves
+        self.lever_images = 24 * 96 + 72 if not smoke else 16 + 8
+        self.lever_epochs, self.lever_needs_s = (2, 12) if not smoke else (1, 1)
+        self.compile_backend = "inductor" if not smoke else "eager"
+        self.sweep_iters, self.sweep_thetas = (20, tuple(THETAS)) if not smoke else (1, ("all-min",))
+        self.students, self.several_needs_s = ((1, 4, 8), 20) if not smoke else ((2,), 1)
+        self.teacher = (16, 8, 10) if not smoke else (4, 3, 1)    # the course's DARTS teacher: width, cells, epochs
+        self.teacher_batch = 96 if not smoke else 64
+        self.teacher_s = 60 if not smoke else 120
+        self.search_args = ["--min-budget", "1", "--max-budget", "2", "--iterations", "1", "--study", "3",
+                            "--max-nodes", "5", "--max-params", "1000000", "--gpus", "1", "--workers-per-gpu", "4"]
+        self.kd_args = []
+        if smoke:
+            self.search_args = ["--min-budget", "1", "--max-budget", "1", "--iterations", "1", "--study", "0",
+                                "--max-nodes", "4", "--max-params", "30000", "--batch-size", "32", "--gpus", "0",
+                                "--workers", "1"]
+            self.kd_args = ["--smoke", "--students", "1", "--budgets", "1", "--alphas", "1", "--batch-size", "32"]
+        # (needs, share) in seconds: what a section needs at least to start, and the most it may take of
+        # the 8-minute default. Guesses until a GPU run times the sections (the "seconds" rows); the CPU
+        # smoke's timings say only which sections are heavy (search and kd start processes).
+        self.sections = {"profile": (15, 25), "correct": (15, 35), "levers": (60, 150), "search": (60, 100),
+                         "kd": (90, 300), "course": (0, 5)}
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-dir", default=None, help="CIFAR-10: an image folder train/<class>/*.jpg + test/<class>/*.jpg "
-                                                    "(or torchvision's batches)")
-    p.add_argument("--cache-dir", default=None, help="decoded image cache (default: a folder under --out)")
-    p.add_argument("--out", default="gpu_check", help="folder for gpu_check.json, gpu_check.md and logs")
-    p.add_argument("--budget-s", type=float, default=450, help="stop starting sections after this many seconds")
-    p.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU (digits), for the test suite")
-    p.add_argument("--record", action="store_true", help="write the table into bench/RESULTS.md")
-    p.add_argument("--only", default=None, help="comma-separated sections to run (default: all), e.g. several,search")
+    p.add_argument("--data-dir", default=None, help="CIFAR-10 as an image folder train/<class>/*.jpg (cifar10-jpeg.tar.gz "
+                                                    "unpacked); a subset of it is used")
+    p.add_argument("--cache-dir", default=None, help="decoded image cache (default: a temporary folder)")
+    p.add_argument("--out", default=None, help="folder for gpu_check.jsonl, gpu_check.md and logs (default: a new "
+                                               "temporary folder)")
+    p.add_argument("--budget-s", type=float, default=480, help="stop starting sections after this many seconds")
+    p.add_argument("--cpu-smoke", action="store_true", help="the same flow at tiny sizes on the CPU (digits)")
+    p.add_argument("--record", action="store_true", help="write the table into bench/RESULTS.md (not with --cpu-smoke)")
+    p.add_argument("--record-from", default=None, metavar="FOLDER",
+                   help="only write bench/RESULTS.md from a finished run's --out folder (a lent GPU's, fetched here)")
+    p.add_argument("--only", default=None, help="comma-separated sections to run (default: all), e.g. profile,levers")
     args = p.parse_args(argv)
-    out = Path(args.out)
+    if args.record_from:
+        return record_from(Path(args.record_from))
     smoke, cfg = args.cpu_smoke, Sizes(args.cpu_smoke)
+    if smoke and args.record:
+        raise SystemExit("error: --cpu-smoke writes nothing into the repository; drop --record")
     device = torch.device("cpu" if smoke else "cuda:0")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("error: no CUDA GPU here; run with --cpu-smoke for the CPU check")
+    if not smoke and (args.data_dir is None or not (Path(args.data_dir) / "train").is_dir()):
+        raise SystemExit("error: --data-dir must be a CIFAR-10 image folder (unpack cifar10-jpeg.tar.gz into it)")
+    out = Path(args.out or tempfile.mkdtemp(prefix="gpu_check-"))
+    work = Path(tempfile.mkdtemp(prefix="gpu_check-work-"))  # the subset, caches, teacher, search: not figures
+    try:
+        return run(args, cfg, device, out, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run(args, cfg, device, out, work):
+    smoke = args.cpu_smoke
     report = Report(args.budget_s, out, args.only.split(",") if args.only else None)
     report.machine = machine(device)
-    print(report.machine, flush=True)
-    data_args = {"dataset": "digits" if smoke else "cifar10", "data_dir": args.data_dir,
-                 "cache_dir": args.cache_dir or str(out / "cache")}
+    print(f"{report.machine}\nfigures -> {out}", flush=True)
+    cache = args.cache_dir or str(work / "cache")
+    folder = None if smoke else str(kd_cifar.subset_folder(args.data_dir, work, cfg.per_class))
+    report.data_args = {"dataset": "digits" if smoke else "cifar10", "data_dir": folder, "val_size": cfg.val_size,
+                        "cache_dir": cache}
+    report.worker_settings = dict(report.data_args, split="search", no_kd=True, teacher=None, lessons=None,
+                                  lessons_key=None)
     t = time.perf_counter()
-    data = D.load_data(data_args["dataset"], data_args["data_dir"], "search", device=device,
-                       cache_dir=data_args["cache_dir"])
-    report.add("setup", f"{data.name} loaded on {device} ({len(data.train):,} training images)",
-               round(time.perf_counter() - t, 1), "s")
-    report.section("students", 60, students, data, device, cfg)
-    report.section("capture", 15, capture_check, data, device, cfg)
-    report.section("KD", 30, kd_costs, data, device, cfg)
-    report.section("data", 10, pipeline, data, device, cfg)
-    report.section("several: threads", 40, several, data_args, device, cfg, "threads")
-    report.section("teacher", 25, teacher_training, data, device, cfg)
-    report.section("search", 45, mini_search, data_args, device, cfg, out)
-    for mode in ("processes",) + (("processes under MPS",) if device.type == "cuda" else ()):
-        report.section(f"several: {mode}", 40, several, data_args, device, cfg, mode)
-    if device.type == "cuda":  # last: it may take longer than the time left, and says so
-        report.section("compile", 45, compile_check, device, cfg, "middle")
-    table = report.markdown()
-    print("\n" + table)
+    data = D.load_data(report.data_args["dataset"], folder, "search", device=device,
+                       val_size=report.data_args["val_size"], cache_dir=cache)
+    report.add("setup", f"{data.name}: {len(data.train):,} training images on {device}", round(time.perf_counter() - t, 1),
+               "s to load")
+    for name, fn, extra in (("profile", profile, (data, device, cfg)), ("correct", correctness, (data, device, cfg)),
+                            ("levers", levers, (data, device, cfg)), ("search", mini_search, (device, cfg, out, work)),
+                            ("kd", kd_preset, (device, cfg, out)), ("course", course_projection, (cfg,))):
+        needs, share = cfg.sections[name]
+        report.section(name, needs, share, fn, *extra)
+    print("\n" + report.markdown())
     if args.record:
-        record("gpu_check", "GPU check (bench/gpu_check.py)", "python bench/gpu_check.py --data-dir DIR --record",
-               f"{report.machine}\n\n{table}")
+        record_from(out)
+    return 0
+
+
+def record_from(folder):
+    """bench/RESULTS.md's gpu_check section (and kd_cifar's, where the run got that far) from a run's folder."""
+    if not (folder / "gpu_check.md").is_file():
+        raise SystemExit(f"error: {folder} holds no gpu_check.md; give the --out folder of a gpu_check run")
+    record("gpu_check", "GPU check (bench/gpu_check.py)", "python bench/gpu_check.py --data-dir DIR --record",
+           (folder / "gpu_check.md").read_text())
+    kd = folder / "kd_cifar" / "kd_cifar.md"
+    if kd.is_file():
+        record("kd_cifar", "KD against no KD on a CIFAR-10 subset (bench/kd_cifar.py)",
+               "python bench/kd_cifar.py --data-dir DIR --record", kd.read_text())
+    print(f"recorded {folder} in bench/RESULTS.md")
     return 0
 
 

@@ -9,6 +9,7 @@ from moving the device's random generator while one of them records.
     step = CapturedStep(functools.partial(kd_step, run), model, optimizer, batch_size, enabled=True)
     loss, logits = step(x, y, lesson)     # the same call, and the same result, as kd_step(run, x, y, lesson)
 """
+import os
 import sys
 import threading
 from contextlib import contextmanager, nullcontext
@@ -34,6 +35,23 @@ def precision(protocol, device):
     channels_last = protocol.channels_last in ("on", True) or (protocol.channels_last == "auto"
                                                                and device.type == "cuda")
     return amp, autocast, torch.channels_last if channels_last else torch.contiguous_format
+
+
+def kernels(protocol, device):
+    """Set the process's kernel choice for `protocol.deterministic`. off: cuDNN times its kernels for
+    the fixed shapes and picks the fastest (which may differ from run to run), TF32 as PyTorch's
+    defaults have it. on, for checks: deterministic algorithms (a warning where an op has none),
+    cuDNN's deterministic kernels, no timing, and no TF32, so fp32 is fp32. These are process-wide
+    settings: students of one process share them."""
+    on = protocol.deterministic == "on"
+    if on:  # cuBLAS's deterministic workspace; read when its first handle is made
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on, warn_only=True)
+    torch.backends.cudnn.deterministic = on
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not on
+        torch.backends.cudnn.allow_tf32 = not on           # PyTorch's default: TF32 convolutions
+        torch.backends.cuda.matmul.allow_tf32 = False      # PyTorch's default: fp32 matrix products
 
 
 class SGD(torch.optim.Optimizer):
@@ -112,6 +130,15 @@ class SharedExclusiveLock:
 DEVICE_RNG_LOCK = SharedExclusiveLock()
 
 
+def device_rng_state(device):
+    """The state of the generator that dropout draws from on `device`: the GPU's own on CUDA."""
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+def set_device_rng_state(state, device):
+    torch.cuda.set_rng_state(state, device) if device.type == "cuda" else torch.set_rng_state(state)
+
+
 class CapturedStep:
     """`step(x, y, lesson)` (train.kd_step: zero the gradients, forward, L_KD, backward, clipping, SGD;
     returns (loss, logits)), recorded once as a CUDA graph on the first full batch and replayed for
@@ -150,7 +177,7 @@ class CapturedStep:
         # eagerly. Only the device's: on a GPU, the CPU generator belongs to whichever student of this
         # process is seeding its model now.
         with DEVICE_RNG_LOCK.hold(exclusive=True):
-            rng = torch.cuda.get_rng_state(x.device) if x.is_cuda else torch.get_rng_state()
+            rng = device_rng_state(x.device)
             try:
                 self.record(x, y, lesson)
             except Exception as error:  # noqa: BLE001 (any failure: train eagerly instead)
@@ -160,7 +187,7 @@ class CapturedStep:
                       f"training eagerly", file=sys.stderr, flush=True)
             finally:
                 self.restore(saved)
-                torch.cuda.set_rng_state(rng, x.device) if x.is_cuda else torch.set_rng_state(rng)
+                set_device_rng_state(rng, x.device)
 
     def record(self, x, y, lesson):
         side = torch.cuda.Stream() if x.is_cuda else None  # (on the CPU, recording fails below)

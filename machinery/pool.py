@@ -87,10 +87,7 @@ def add_flags(p):
                         "pip install \"ray[default]\"")
 
 
-WORKERS_PER_GPU = 4  # set from bench/gpu_check.py's aggregate throughput (bench/RESULTS.md)
-
-
-WORKERS_PER_GPU = 4  # set from bench/gpu_check.py's aggregate throughput (bench/RESULTS.md)
+WORKERS_PER_GPU = 4  # students per GPU; bench/gpu_check.py's levers section measures 1 / 4 / 8
 
 
 class Pool(Executor):

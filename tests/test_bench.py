@@ -12,17 +12,57 @@ pytestmark = pytest.mark.slow  # every test runs a bench script
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_gpu_check_cpu_smoke(tmp_path):
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gpu_check.py"), "--cpu-smoke", "--out",
-                        str(tmp_path), "--budget-s", "3600"], capture_output=True, text=True, timeout=600)
+@pytest.mark.slow
+def test_gpu_check_cpu_smoke_runs_every_section_and_writes_outside_the_repository(tmp_path):
+    """bench/gpu_check.py --cpu-smoke: every section runs (none skipped or failed), each figure is in
+    gpu_check.jsonl, and without --out the figures go to a temporary folder, not the working tree."""
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gpu_check.py"), "--cpu-smoke", "--budget-s",
+                        "3600", "--cache-dir", str(tmp_path / "cache")], capture_output=True, text=True, timeout=900,
+                       cwd=ROOT)
     assert r.returncode == 0, r.stderr[-2000:]
-    report = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert report["errors"] == {}, report["errors"]
-    figures = report["figures"]
-    for section in ("students", "capture", "KD", "data", "several", "teacher", "search"):
-        assert figures[section], section
-    assert "| students |" in r.stdout  # the markdown table
-    assert figures["search"]["evaluations that succeeded / captured / with lessons"].startswith("1 / 0 / 1")
+    out = r.stdout.split("figures -> ", 1)[1].splitlines()[0]
+    assert not os.path.abspath(out).startswith(ROOT + os.sep) and not os.path.exists(os.path.join(ROOT, "gpu_check"))
+    rows = [json.loads(line) for line in open(os.path.join(out, "gpu_check.jsonl"))]
+    assert [row["what"] for row in rows if row["section"] == "skipped"] == []
+    sections = {row["section"] for row in rows}
+    assert {"profile", "correct", "levers", "search", "kd", "course"} <= sections
+    figures = {row["what"]: row["value"] for row in rows}
+    assert figures["captured vs eager: step 1 |Δloss|"] == "0.00e+00"  # on the CPU both run eagerly
+    assert any(w.startswith("search.py: 1/1 evaluations succeeded") for w in figures)
+    assert "| levers |" in r.stdout  # the markdown table
+
+
+def test_kd_cifar_analysis_against_hand_computed_statistics():
+    """Paired differences, the sign test and Spearman's ρ of bench/kd_cifar.py against values worked
+    out by hand: 4 students, KD ahead in all 4 pairs at 1 epoch (p = 2 / 2^4) and in 2 of 3 at 2 epochs
+    (a tie dropped); the KD arm ranks alike at both budgets, the no-KD arm nearly in reverse."""
+    kd_cifar = load_script("kd_cifar")
+    table = {(s, 1.0, 0.9): [0.30, 0.40, 0.50, 0.60][s] for s in range(4)}
+    table.update({(s, 1.0, 0.0): [0.20, 0.35, 0.45, 0.50][s] for s in range(4)})
+    table.update({(s, 2.0, 0.9): [0.50, 0.60, 0.70, 0.80][s] for s in range(4)})
+    table.update({(s, 2.0, 0.0): [0.70, 0.60, 0.30, 0.40][s] for s in range(4)})
+    table.update({(0, 2.0, 0.5): 0.55})
+    rows = [{"student": s, "budget": b, "alpha": a, "accuracy": v} for (s, b, a), v in table.items()]
+    result = kd_cifar.analyse(rows, [1.0, 2.0], [0.0, 0.5, 0.9, 1.0])
+    one, two = result["paired"]
+    assert one["pairs"] == 4 and (one["kd_wins"], one["kd_losses"]) == (4, 0)
+    assert one["mean_diff"] == pytest.approx((0.10 + 0.05 + 0.05 + 0.10) / 4)
+    assert one["sign_test_p"] == pytest.approx(2 / 2 ** 4)
+    assert (two["kd_wins"], two["kd_losses"]) == (2, 1) and two["sign_test_p"] == pytest.approx(1.0)
+    rho = {r["arm"]: r["rho"] for r in result["spearman"]}
+    # no KD: ranks 1 2 3 4 at 1 epoch, 4 3 1 2 at 2: ρ = 1 - 6·Σd²/(n(n²-1)) = 1 - 6·18/60
+    assert rho["KD"] == pytest.approx(1.0) and rho["no KD"] == pytest.approx(-0.8)
+    assert [r["accuracy"] for r in result["alpha"]] == [0.70, 0.55, 0.50, None]
+
+
+def load_script(name):
+    """A bench script as a module (bench/ is no package)."""
+    import importlib.util
+    sys.path.insert(0, ROOT)
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "bench", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_bn_recalibration_smoke(tmp_path):
@@ -58,14 +98,10 @@ def test_course_smoke_runs_the_quick_start_commands(tmp_path):
 def test_the_cifar10_course_commands_parse():
     """The course run needs a GPU and CIFAR-10, so no test runs it; its commands at least name flags
     and values that their scripts accept (parsed by each script's own parser)."""
-    import importlib.util
-    sys.path.insert(0, ROOT)
+    course = load_script("course")
     import retrain
     import search
     import train
-    spec = importlib.util.spec_from_file_location("course", os.path.join(ROOT, "bench", "course.py"))
-    course = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(course)
     stages = course.commands("cifar10", "runs", ["--download"])
     assert [stage for stage, _ in stages] == ["data", "teacher", "KD search", "no-KD search", "retrain with KD",
                                               "retrain without KD", "report"]

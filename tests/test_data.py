@@ -19,11 +19,6 @@ from machinery import cli, files
 from teachers import lessons
 
 
-@pytest.fixture(scope="module")
-def digits():
-    return D.load_data("digits")
-
-
 # ---------------------------------------------------------------------------------------------
 # Augmentation
 

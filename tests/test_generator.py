@@ -104,6 +104,20 @@ def test_random_thetas_meet_the_parameter_limit_exactly(image_size, limit):
         assert wider > limit
 
 
+def test_an_aligned_width_is_the_largest_multiple_that_fits():
+    """width_multiple=8: the widest multiple of 8 within the limit (the next one breaks it), recorded in
+    the architecture; the graphs are the unaligned sample's."""
+    for theta in (MIN, MID):
+        exact = G.sample(theta, 0)
+        arch = G.sample(theta, 0, width_multiple=8)
+        assert arch["width"] % 8 == 0 and arch["width_multiple"] == 8 and exact["width_multiple"] == 1
+        assert arch["width"] == exact["width"] // 8 * 8 and arch["cells"] == exact["cells"]
+        assert arch["params"] == G.count_params(arch, arch["width"]) <= arch["max_params"]
+        assert G.count_params(arch, arch["width"] + 8) > arch["max_params"]
+    with pytest.raises(ValueError, match="no multiple of 64 fits"):
+        G.sample(MIN, 0, max_params=1e5, width_multiple=64)
+
+
 def test_stages_split_cells_evenly_and_consecutively():
     assert G.stages_of(3) == [0, 1, 2]
     assert G.stages_of(10) == [0, 0, 0, 0, 1, 1, 1, 2, 2, 2]
@@ -613,7 +627,8 @@ def test_documented_generator_figures_and_imagenet_command():
     (["--theta", json.dumps({**MID, "top_k": 9})], "outside its range"),
     (["--theta", json.dumps(MID), "--max-params", "1000"], "raise --max-params"),
     (["--arch", json.dumps({"a": 1})], "not an architecture file"),
-    (["--arch", json.dumps({"a": 1}), "--stages", "nago"], "--stages applies to --theta"),
+    (["--arch", json.dumps({"a": 1}), "--stages", "nago"], "--stages and --width-multiple apply to --theta"),
+    (["--arch", json.dumps({"a": 1}), "--width-multiple", "8"], "--stages and --width-multiple apply to --theta"),
 ])
 @pytest.mark.slow
 def test_cli_errors_are_one_sentence_and_nonzero(args, fragment):

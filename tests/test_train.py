@@ -9,50 +9,11 @@ import torch.nn as nn
 
 from machinery import files
 import data as D
-from machinery import capture
 import train as T
+from helpers import Tiny, model, worker_settings
 
 
-class Tiny(nn.Module):
-    """A small CNN with the hooks train.py looks for: dropout (global RNG), a drop-path attribute,
-    and optionally an auxiliary head returning (logits, aux) in training mode, like the DARTS teacher."""
-
-    def __init__(self, num_classes=10, auxiliary=False, drop_path_prob=None):
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                                  nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Dropout(0.2))
-        self.head = nn.Linear(32, num_classes)
-        self.aux = nn.Linear(32, num_classes) if auxiliary else None
-        if drop_path_prob is not None:
-            self.drop_path_prob = drop_path_prob
-
-    def forward(self, x):
-        h = self.body(x)                                                # (B, 32)
-        if self.training and getattr(self, "drop_path_prob", 0) > 0:
-            keep = (torch.rand(h.shape[0], 1) >= self.drop_path_prob).float()
-            h = h * keep / (1 - self.drop_path_prob)
-        logits = self.head(h)
-        return (logits, self.aux(h)) if self.aux is not None and self.training else logits
-
-
-def model(seed=0, **kw):
-    torch.manual_seed(seed)
-    return Tiny(**kw)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These tests run many tiny ops: one thread avoids waking a pool for each (on a busy 2-core
-    machine each parallel region can wait a whole scheduler time slice)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return D.load_data("digits")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def quiet(*_):
@@ -196,86 +157,27 @@ def test_cli_teacher_then_student_with_kd(tmp_path, capsys):
     assert "--teacher" in capsys.readouterr().err
 
 
-def test_sgd_matches_torch_sgd():
-    """train.SGD (foreach ops, a tensor learning rate allowed) against torch.optim.SGD's own update,
-    in float64, over steps with a changing learning rate; the tensor rate is read at every step."""
-    torch.manual_seed(0)
-    a = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).double()
-    b = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3)).double()
-    b.load_state_dict(a.state_dict())
-    lr = torch.tensor(0.1, dtype=torch.float64)
-    ours = capture.SGD(a.parameters(), lr, momentum=0.9, weight_decay=3e-4)
-    ref = torch.optim.SGD(b.parameters(), lr=0.1, momentum=0.9, weight_decay=3e-4, foreach=False)
-    x = torch.randn(16, 6, dtype=torch.float64)
-    for i in range(5):
-        for net, opt in ((a, ours), (b, ref)):
-            opt.zero_grad()
-            net(x).square().mean().backward()
-            opt.step()
-        lr.fill_(0.1 / (i + 2))  # the schedule moves the tensor in place
-        ref.param_groups[0]["lr"] = 0.1 / (i + 2)
-    for p, q in zip(a.parameters(), b.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+def test_a_worker_makes_the_shared_tensors_before_any_student_starts():
+    """Worker.load (the pool's init, before any task) makes the padded views and the normalisation
+    constants that data.batches would otherwise make on first use, on whichever student's stream
+    came first while the others read them."""
+    D.stats_on.cache_clear()
+    worker = T.Worker.load("cpu", worker_settings())
+    data, preset = worker.data, worker.data.preset
+    assert (preset.pad, preset.flip) in data.train.padded
+    before = D.stats_on.cache_info()
+    D.stats_on(preset, data.device)
+    assert D.stats_on.cache_info().hits == before.hits + 1  # made already
 
 
-def test_shared_exclusive_lock_lets_a_recording_go_first():
-    """Steps share the lock; a recording waits for the running step, runs alone, and a step that
-    comes while the recording waits goes after it."""
-    import threading
-    lock, order = capture.SharedExclusiveLock(), []
-    step_running, release_step, release_recording = threading.Event(), threading.Event(), threading.Event()
-    recording_running = threading.Event()
-
-    def first_step():
-        with lock.hold():
-            order.append("step 1")
-            step_running.set()
-            release_step.wait(30)
-
-    def recording():
-        with lock.hold(exclusive=True):
-            order.append("recording")
-            recording_running.set()
-            release_recording.wait(30)
-
-    def later_step():
-        with lock.hold():
-            order.append("step 2")
-
-    threads = [threading.Thread(target=first_step)]
-    threads[0].start()
-    step_running.wait(5)
-    threads.append(threading.Thread(target=recording))
-    threads[1].start()
-    while not lock.waiting:  # the recording is waiting for step 1
-        pass
-    threads.append(threading.Thread(target=later_step))
-    threads[2].start()
-    threads[2].join(0.2)
-    assert order == ["step 1"]  # step 2 waits behind the waiting recording
-    release_step.set()
-    assert recording_running.wait(30)
-    threads[2].join(0.2)
-    assert order == ["step 1", "recording"]  # the recording runs alone
-    release_recording.set()
-    for t in threads:
-        t.join(30)
-    assert order == ["step 1", "recording", "step 2"]
-
-
-def test_a_failed_recording_is_said_once_and_trains_like_eager(digits, capsys):
-    """On the CPU recording a CUDA graph fails after the warm-up steps: the step says so once, puts
-    the weights, buffers and momentum back, and the run's losses and weights are eager's exactly."""
-    data = dataclasses.replace(digits, train=D.TensorSplit(digits.train.x[:256], digits.train.y[:256]))
-    runs = []
-    for capture in (False, True):
-        net = model(seed=2)
-        run = T.setup(net, data, T.Protocol(epochs=2, batch_size=64), None, T.TAU, 0.0, T.RunOptions(workers=0))
-        run.step.can_capture = capture
-        losses = [T.train_epoch(run, data.generator(0))[0] for _ in range(2)]
-        runs.append((losses, [p.detach().clone() for p in net.parameters()], run.step.failure))
-    (eager, w_eager, _), (tried, w_tried, failure) = runs
-    assert failure is not None and capsys.readouterr().err.count("training eagerly") == 1
-    assert tried == eager
-    for a, b in zip(w_eager, w_tried):
-        assert torch.equal(a, b)
+def test_the_kernel_settings_follow_each_runs_protocol(digits):
+    """--deterministic on sets deterministic algorithms for the process; the next run without it
+    undoes them. --capture is eager by default, and an old `auto` reads as on."""
+    def setup(**protocol):
+        T.setup(model(), digits, T.Protocol(**protocol), None, T.TAU, 0.0, T.RunOptions(workers=0))
+        return torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic
+    assert setup(deterministic="on") == (True, True)
+    assert setup() == (False, False)
+    flags = ["--arch", "darts"]
+    assert T.parser().parse_args(flags).capture == "off" and T.Protocol().capture == "off"
+    assert T.parser().parse_args(flags + ["--capture", "auto"]).capture == "on"

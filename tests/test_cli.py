@@ -173,6 +173,7 @@ BAD = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script,argv,fragment", BAD, ids=[f"{s} {' '.join(a)}"[:70] for s, a, _ in BAD])
 def test_a_bad_command_says_one_sentence_and_changes_nothing(script, argv, fragment, files, tmp_path, capsys,
                                                              monkeypatch):

@@ -168,6 +168,7 @@ def write_mit67(root, rng, classes=67):
     return train, test
 
 
+@pytest.mark.slow
 def test_mit67_official_split_through_a_dataloader(tmp_path):
     rng = np.random.default_rng(0)
     train, test = write_mit67(tmp_path, rng)
@@ -333,6 +334,7 @@ def test_mit67_split_files_are_checked_alike(tmp_path):
         D.load_data("mit67", root, "search", val_size=2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["13 classes", "a truncated image"])
 def test_a_search_on_a_bad_folder_is_refused_before_it_writes(tmp_path, capsys, damage):
     """search.py checks the folder in the parent, before search.json, the cache or any worker."""

@@ -88,6 +88,7 @@ def test_watts_strogatz_k_above_the_nodes_builds_networkx_ring_not_the_complete_
             assert G.random_graph("ws", 4, seed, (0,), k, p).number_of_edges() == ring.number_of_edges()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("image_size,limit", [(32, 4.0e6), (224, 6.0e6)])
 def test_random_thetas_meet_the_parameter_limit_exactly(image_size, limit):
     rng = np.random.default_rng(image_size)
@@ -152,6 +153,7 @@ def same_network(a, b, size=16):
         return torch.equal(a(x), b(x))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("theta,stages", [(MIN, "even"), ({**MIN, "top_nodes": 5}, "nago")])
 def test_architecture_json_round_trip_rebuilds_the_same_network(theta, stages):
     arch = G.sample(theta, seed=3, stages=stages)
@@ -160,6 +162,7 @@ def test_architecture_json_round_trip_rebuilds_the_same_network(theta, stages):
     assert same_network(arch, loaded)
 
 
+@pytest.mark.slow
 def test_an_architecture_file_without_a_stage_rule_is_an_even_split():
     """Files written before the rule was recorded hold no "stages_rule": they were even splits."""
     arch = G.sample({**MIN, "top_nodes": 5}, seed=3)
@@ -173,6 +176,7 @@ def test_an_architecture_file_without_a_stage_rule_is_an_even_split():
 
 @pytest.mark.parametrize("theta,image_size,classes", [(MIN, 32, 10), (MAX, 32, 100), (MID, 32, 10),
                                                       (MIN, 224, 67), (MID, 224, 67)])
+@pytest.mark.slow
 def test_forward_backward_shapes_and_every_parameter_gets_a_gradient(theta, image_size, classes):
     model = G.build(G.sample(theta, seed=1, image_size=image_size, num_classes=classes))
     x = torch.randn(2, 3, image_size, image_size)
@@ -183,6 +187,7 @@ def test_forward_backward_shapes_and_every_parameter_gets_a_gradient(theta, imag
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
 
 
+@pytest.mark.slow
 def test_random_thetas_run_forward_and_backward():
     rng = np.random.default_rng(0)
     for i in range(4):  # 16 px inputs keep it quick: the graphs and the widths are those of 32 px
@@ -336,6 +341,7 @@ def hand_macs(arch):
     return total + areas[-1] * widths[-1] * 1280 + 1280 * arch["num_classes"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("image_size", [32, 224])
 def test_parameter_count_equals_nagos_construction_counted_by_hand(image_size):
     rng = np.random.default_rng(5)
@@ -395,6 +401,7 @@ def test_nago_rule_is_get_stage_list_with_stage_ratios_of_one():
         assert G.stages_of(n, "nago") == [0] * n
 
 
+@pytest.mark.slow
 def test_nago_rule_by_hand_for_a_four_cell_network():
     """4 cells under NAGO's rule: one stage, so every cell runs at width C and 32 px; the parameters
     and the MACs counted by hand from the graphs (nago_param_count, hand_macs) are the module's."""
@@ -411,6 +418,7 @@ def test_nago_rule_by_hand_for_a_four_cell_network():
     assert stats["macs"] == hand_macs(arch)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stages", G.STAGE_RULES)
 def test_macs_equal_a_hand_count_from_the_graphs(stages):
     for i, theta in enumerate([MIN, MID]):
@@ -442,6 +450,7 @@ def without_dropout(model):
     return model
 
 
+@pytest.mark.slow
 def test_auxiliary_head_gives_logits_in_training_and_is_left_out_in_eval():
     arch = G.sample(MIN, seed=0, num_classes=7)
     model = G.build(arch, auxiliary=True)
@@ -485,6 +494,7 @@ def test_nago_rule_above_three_cells_has_no_third_stage_and_so_no_auxiliary_head
     assert G.build(G.sample(MIN, seed=0, stages="nago"), auxiliary=True).auxiliary_head is not None
 
 
+@pytest.mark.slow
 def test_training_options_off_leave_the_network_as_it_was():
     """Off (the default): no drop path for train.fit to ramp, no head, the same weights and outputs;
     on, the network's own weights and eval outputs are unchanged too (the head is built last)."""
@@ -505,6 +515,7 @@ def test_training_options_off_leave_the_network_as_it_was():
         assert torch.equal(plain(x), both(x)[0])
 
 
+@pytest.mark.slow
 def test_drop_path_is_stochastic_in_training_and_identity_in_eval():
     arch = G.sample(MIN, seed=1)
     model = G.build(arch, drop_path_prob=0.5)
@@ -596,6 +607,7 @@ def test_cli_prints_summary_saves_and_reloads(tmp_path):
     assert again.returncode == 0 and f"{arch['params']:,}" in again.stdout
 
 
+@pytest.mark.slow
 def test_cli_stages_nago_is_saved_with_the_architecture(tmp_path, capsys):
     theta = {**MIN, "top_nodes": 4}
     assert G.main(["--theta", json.dumps(theta), "--stages", "nago", "--image-size", "16", "--max-params", "100000",

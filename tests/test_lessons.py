@@ -4,6 +4,7 @@ import dataclasses
 import os
 import sys
 
+import pytest
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,6 +31,7 @@ def teacher(seed=1):
     return teachers.build("darts", 10, width=4, layers=3, auxiliary=False).eval()
 
 
+@pytest.mark.slow
 def test_every_view_of_an_epoch_looks_up_the_live_teachers_logits():
     data, net = cifar_like(), teacher()
     table = lessons.compute(net, data, T.nullcontext(), torch.contiguous_format, torch.float32, {})
@@ -44,6 +46,7 @@ def test_every_view_of_an_epoch_looks_up_the_live_teachers_logits():
     assert len({v[0] for v in seen}) == 2 and len(seen) > 20  # both mirrors, many offsets
 
 
+@pytest.mark.slow
 def test_an_epoch_with_lessons_trains_like_one_with_the_live_teacher():
     data, net = cifar_like(), teacher()
     net.to(memory_format=torch.channels_last)  # as fit runs a live teacher, and as workers compute lessons

@@ -24,6 +24,7 @@ def n_params(model, skip_prefix=None):
 # DARTS: size, shapes, drop path
 
 
+@pytest.mark.slow
 def test_darts_parameter_count_matches_published_cifar10_network():
     # Published: 3.3 M parameters for DARTS (second order) on CIFAR-10 (Liu et al., ICLR 2019, Table 1).
     # The exact figure is the reference implementation's log line "param size = 3.349342MB" for
@@ -47,6 +48,7 @@ def test_darts_without_auxiliary_head_has_the_same_network():
     assert n_params(without) == n_params(with_aux, skip_prefix="auxiliary_head")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("image_size", [16, 32])
 def test_darts_forward_contract_and_resolutions(image_size):
     model = teachers.build("darts", 7, **SMALL)
@@ -91,6 +93,7 @@ def test_drop_path_zeroes_whole_samples_and_rescales_the_rest():
     torch.testing.assert_close(y[survivors], x[survivors] / 0.75)
 
 
+@pytest.mark.slow
 def test_drop_path_is_active_only_in_training():
     torch.manual_seed(0)
     model = teachers.build("darts", 10, auxiliary=False, drop_path_prob=0.5, **SMALL)
@@ -123,6 +126,7 @@ def test_drop_path_prob_starts_at_the_maximum_and_is_settable():
     assert not any("drop_path" in key for key in model.state_dict())  # not part of the weights
 
 
+@pytest.mark.slow
 def test_darts_runs_channels_last_and_under_bf16_autocast():
     torch.manual_seed(0)
     model = teachers.build("darts", 10, **SMALL)
@@ -177,6 +181,7 @@ def trained_teacher():
     return model.eval()
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip(tmp_path, trained_teacher):
     path = tmp_path / "teacher.pt"
     write_checkpoint(path, trained_teacher)
@@ -187,6 +192,7 @@ def test_checkpoint_round_trip(tmp_path, trained_teacher):
         torch.testing.assert_close(loaded(x), trained_teacher(x), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_checkpoint_from_a_channels_last_model(tmp_path, trained_teacher):
     # channels_last (the GPU default) only changes strides
     state = trained_teacher.to(memory_format=torch.channels_last).state_dict()
@@ -206,6 +212,7 @@ def test_load_refuses_another_dataset(tmp_path, trained_teacher):
         teachers.load(path, "cifar10", 10)
 
 
+@pytest.mark.slow
 def test_load_refuses_another_class_count(tmp_path, trained_teacher):
     path = tmp_path / "teacher.pt"
     write_checkpoint(path, trained_teacher)
@@ -213,6 +220,7 @@ def test_load_refuses_another_class_count(tmp_path, trained_teacher):
         teachers.load(path, "digits", 100)
 
 
+@pytest.mark.slow
 def test_load_refuses_a_student_checkpoint(tmp_path, trained_teacher):
     path = tmp_path / "student.pt"
     write_checkpoint(path, trained_teacher, arch="nago", arch_options={"arch": {}})
@@ -238,6 +246,7 @@ def test_load_refuses_missing_corrupt_and_inconsistent_files(tmp_path):
         teachers.load(bare, "cifar10", 10)
 
 
+@pytest.mark.slow
 def test_load_refuses_non_finite_weights(tmp_path, trained_teacher):
     """A diverged teacher is refused when loaded, not blamed later on the students' configuration."""
     state = {k: v.clone() for k, v in trained_teacher.state_dict().items()}
@@ -259,6 +268,7 @@ def test_inception_resnet_v2_without_timm_says_how_to_install(monkeypatch):
         teachers.build("inception_resnet_v2", 67)
 
 
+@pytest.mark.slow
 def test_inception_resnet_v2_has_a_new_classifier():
     pytest.importorskip("timm", reason="timm (optional) is not installed: pip install timm")
     model = teachers.build("inception_resnet_v2", 67)
@@ -283,6 +293,7 @@ def imagenet_weights(tmp_path_factory):
     return path, state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("classes", [67, 1000])
 def test_weights_file_gives_every_imagenet_tensor_and_a_classifier_for_the_classes(imagenet_weights, classes):
     path, state = imagenet_weights
@@ -369,6 +380,7 @@ def test_teacher_weight_flags_are_checked(flags, fragment, capsys):
     assert fragment in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_teacher_trained_by_train_py_loads(tmp_path):
     # The README's teacher command at toy size: train.py writes the checkpoint, teachers.load reads it.
     train = pytest.importorskip("train")

@@ -132,6 +132,7 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     assert rc == 1 and "--from-scratch apply to --arch inception_resnet_v2" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_teacher_then_student_with_kd(tmp_path, capsys):
     """The README's two commands on the bundled digits: train a (tiny) DARTS teacher, then a student
     of G(θ) with KD from it; each prints progress lines and a final JSON summary."""

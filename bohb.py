@@ -1,29 +1,15 @@
-"""BOHB from scratch: Hyperband's successive halving, with kernel density models proposing configs.
+"""BOHB from scratch (Falkner, Klein and Hutter, ICML 2018), AutoKD's search strategy (Sec. 3.2, Alg. 1):
+Hyperband's successive halving with kernel density models proposing configurations, in numpy and
+scipy. It optimises any function of (config, budget); search.py gives it the NAGO + KD space.
 
-The search strategy of AutoKD (paper Sec. 3.2 and Alg. 1), after Falkner, Klein and Hutter, "BOHB:
-Robust and Efficient Hyperparameter Optimization at Scale" (ICML 2018), in numpy and scipy only. It
-optimises any function of (config, budget); search.py gives it the NAGO + KD space and epochs as budget.
-
-    python bohb.py --demo     # toy multi-fidelity Branin on 4 threads: about 10 s on a laptop CPU
+    python bohb.py --demo     # a multi-fidelity Branin: BOHB against Hyperband and random search
     python bohb.py --plan --min-budget 30 --max-budget 120 --eta 2     # the bracket table only
 
-The demo prints each bracket's rungs as they fill, the incumbent whenever it improves, and then the
-median regret of BOHB, plain Hyperband and random search over 10 seeds at equal total budget.
-
 Read top to bottom: search space -> brackets (Alg. 1 lines 2-9) -> kernel density model (Falkner et
-al. Alg. 2) -> ask/tell -> the parallel driver and its log -> demo.
-
-The log (e.g. runs/x/results.jsonl) holds one JSON object per finished evaluation, appended, flushed
-and fsync'd before the next proposal; running again on the same log resumes the search:
-
-    {"iteration": 3, "bracket": 0, "rung": 1, "index": 2,  # Hyperband iteration, bracket in the plan
-                                                         # (s = s_max - bracket), rung, config index
-     "budget": 60.0, "config": {"top_nodes": 5, "top_p": 0.43, ...}, "origin": "model@120",
-                                 # origin: "random", "model@<budget of the model>" or "promoted"
-     "loss": 0.312,              # null when the evaluation raised or was not finite: read as +inf
-     "error": null,              # else the error text (the traceback)
-     "info": {"accuracy": ...},  # everything else the objective returned
-     "started": 1764098000.1, "finished": 1764098030.5}  # Unix times (started: null if it never ran)
+al. Alg. 2) -> ask/tell -> the parallel driver and its log -> demo. The log holds one JSON object per
+finished evaluation (make_record), appended and fsync'd before the next proposal: job (iteration,
+bracket, rung, index, budget, config, origin), loss (null for a failure: +inf), error, info (what the
+objective returned), started, finished. Running again on the same log resumes.
 """
 import argparse
 import concurrent.futures as cf

@@ -1,34 +1,16 @@
-"""Data sets for train.py: loading, the search/final splits, and augmentation (paper Sec. 4).
+"""Data sets for train.py (paper Sec. 4): loading, the search/final splits, and augmentation.
 
-Small images (CIFAR-10/100 at 32 px, the bundled UCI digits at 16 px) are held on the training
-device as one uint8 tensor and augmented there with tensor ops: random crop with zero padding and
-horizontal flip for a whole epoch at once, normalisation and cutout per batch. No per-sample Python
-and no DataLoader in the hot loop, as in KellerJordan/airbench (`python bench/train_speed.py` sets it
-beside torchvision's DataLoader; the figures are in bench/RESULTS.md). 224 px sets (MIT67, ImageNet)
-stream from disk through a DataLoader with workers and torchvision's usual transforms.
-
-Every training batch of small images also says which view of which image each row is (image,
-mirror, dy, dx): the augmentation is a finite set of views, so the teacher's logits for all of them
-can be computed once and looked up (teachers/lessons.py).
-
-Splits. "search": train on the training set minus a seeded hold-out, score on the hold-out (5,000
-images for CIFAR), as Alg. 1's f_KD(θ, b) needs; the test split is not read. "final": train on the
-whole training set, score on the test split (retrain.py, Table 1). (The released NAGO code scored
-search candidates on the test set; we do not.)
-
-Every split is checked where it is read: an image folder must hold exactly the data set's classes, the
-same in both splits; labels must lie within them; an unreadable image is named by its path.
-
-On-disk layouts that --data-dir may hold:
-    cifar10/cifar100  torchvision's  <dir>/cifar-10-batches-py/ or <dir>/cifar-100-python/  (--download)
-                      or an image folder  <dir>/train/<class>/*.jpg, <dir>/test/<class>/*.jpg
-                      (decoded once with Pillow into a uint8 cache in --cache-dir)
-    digits            <dir>/digits.csv.gz (bundled in data/; see data/README.md)
-    mit67             <dir>/Images/<class>/*.jpg, <dir>/TrainImages.txt, <dir>/TestImages.txt
-    imagenet          <dir>/train/<wnid>/*.JPEG, <dir>/val/<wnid>/*.JPEG
+Small images (CIFAR-10/100, the bundled digits) live on the training device as one uint8 tensor and
+are augmented there in whole batches (crop with zero padding, flip, cutout), as in airbench; each row
+also says which view of which image it is, so the teacher's lessons can be looked up
+(teachers/lessons.py). 224 px sets (MIT67, ImageNet) stream through a DataLoader. "search" trains on
+the training set minus a seeded hold-out and scores on the hold-out; "final" trains on all of it and
+scores on the test split. Every split is checked where it is read (class sets, labels, images).
 
     python data.py --dataset digits                  # split sizes and a batch's shape
     python data.py --dataset cifar10 --data-dir /tmp/cifar10-jpeg   # decodes once into the cache
+
+The folder layouts --data-dir may hold: docs/stages.md, "data.py".
 """
 import functools
 import hashlib

@@ -1,21 +1,14 @@
-"""The paper's figures and tables from the logs of search.py and retrain.py.
+"""The paper's figures and tables from the logs of search.py and retrain.py: Fig. 2 (accuracy per
+budget, KD vs no KD), Fig. 3 (best accuracy vs time), Fig. 4 (rank correlation between budgets),
+Fig. 6 and Table 1 (from retrain folders). Every figure's numbers are printed too.
 
     python report.py runs/search-digits --retrain runs/retrain-digits     # the quick start's
-    python report.py runs/search-cifar100 --compare runs/search-cifar100-nokd \\
-        --retrain runs/retrain-cifar100 runs/retrain-cifar100-nokd --out figures/
     python report.py runs/kd --compare runs/nokd        # folders of search.py --repeats N --out runs/kd
-    python report.py runs/kd-0 runs/kd-1 runs/kd-2 --compare runs/nokd-0 runs/nokd-1 runs/nokd-2
 
-An arm (the folders before --compare, or after it) is a search folder, a folder of repeat-*/ searches,
-or several of either, pooled; its searches must share data set, --no-kd and budgets, and two arms
-their data set. Fig. 2: accuracy histograms per budget over every student of an arm (search and
-study). Fig. 3: best accuracy vs wall-clock minutes per budget; over several searches, the mean ±
-sample std of their best-so-far step functions read on one grid of minutes since each search began,
-from when every search has a result at that budget to the end of the shortest one. Fig. 4: Spearman
-ρ between budgets in each search (over its --study, else what BOHB promoted), then mean ± sample std
-across searches. Fig. 6 and Table 1 from retrain folders. Every figure's numbers are printed too
-(figures need matplotlib); an undefined ρ or spread prints "n/a" with its reason, never nan; a
-malformed log line is refused, never counted.
+An arm (the folders before --compare, or after it) is a search folder, a folder of repeat-*/
+searches, or several of either, pooled (same data set, --no-kd and budgets). Over several searches,
+Fig. 3 is the mean ± std of their best-so-far curves on one grid of minutes, Fig. 4 the mean ± std of
+each search's ρ. An undefined ρ or spread prints "n/a" with its reason; a malformed log line is refused.
 """
 
 import json

@@ -1,35 +1,15 @@
-"""Phase 1 of AutoKD: BOHB over the generator hyperparameters θ and the KD parameters (τ, α).
-
-Paper Sec. 3.2 and Alg. 1: BOHB (bohb.py) proposes (θ, τ, α) and a budget b of 30, 60 or 120
-epochs; a worker evaluates f_KD(θ, b) (train.f_kd): it samples one student from G(θ), trains it for b
-epochs with the KD loss of Eq. 2 from a fixed teacher and returns its accuracy on a held-out part of
-the training set; BOHB minimises 1 − that accuracy. The workers (machinery/pool.py) train several students
-per GPU; this process owns BOHB, the log and best.json.
+"""Phase 1 of AutoKD (Sec. 3.2, Alg. 1): BOHB (bohb.py) proposes (θ, τ, α) and a budget b of 30, 60
+or 120 epochs; a worker evaluates f_KD(θ, b) (train.f_kd: one student of G(θ), trained b epochs with
+L_KD from a fixed teacher, scored on a hold-out of the training set); BOHB minimises 1 − accuracy.
 
     python search.py --dataset cifar10 --gpus 8 --teacher teacher.pt      # the paper: ~300 students
     python search.py --dataset cifar10 --gpus 8 --no-kd --out runs/nago-cifar10   # vanilla NAGO
     python search.py --dataset digits                                      # offline quick start
-    python search.py --dataset digits --no-kd                              # ... and its baseline
 
-The quick start (SEARCH_PRESETS["digits"]) trains a small digits teacher, then one Hyperband
-iteration at budgets of 1 to 4 epochs and a study of 10 random configurations at every budget
-(--study, for Fig. 4), on a 2-core CPU in minutes (bench/course.py times the whole quick start).
-Before the first student it prints the plan's cost (epochs x training images), the teacher's
-accuracy on the hold-out, and then one line per evaluation with the throughput measured so far and
-the expected time left; it ends with the path of best.json.
-
-    search.json     the resolved settings and training protocol, package versions, code version
-    teacher.json    the teacher's hold-out accuracy, measured before the first student
-    lessons.pt      the teacher's logits for every view of every training image, computed once
-    results.jsonl   every evaluation: θ, τ, α, budget, architecture seed, accuracy, parameters, time,
-                    worker (bohb.py's log format, appended and fsync'd)
-    best.json       the incumbent θ*, τ*, α* with its evaluations, data set and teacher; rewritten
-                    atomically whenever it changes; retrain.py reads it
-    study.jsonl     with --study N: N configurations, each at every budget (same format; BOHB never
-                    sees them; report.py's Fig. 4 does)
-
-Re-running the same command resumes: finished evaluations are read from the log, not run again; a
-finished search prints its result and changes nothing.
+Writes search.json (settings), teacher.json, lessons.pt, results.jsonl (every evaluation, appended),
+best.json (θ*, τ*, α*, for retrain.py) and, with --study N, study.jsonl (N configurations at every
+budget, for Fig. 4). Prints the plan's cost, the teacher's accuracy, then one line per evaluation
+with the throughput and time left. Re-running resumes; a finished search changes nothing.
 """
 import concurrent.futures as cf
 import dataclasses

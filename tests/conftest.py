@@ -9,3 +9,8 @@ import torch
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"  # inherited by the scripts and worker processes tests start
     torch.set_num_threads(1)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: starts processes, servers or whole runs; "
+                                       "`pytest -m 'not slow'` is the fast loop")

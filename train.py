@@ -4,8 +4,8 @@ sample a student from G(θ), train it b epochs with L_KD of Eq. 1-2, return vali
 
     python train.py --theta theta.json --seed 0 --dataset cifar10 --epochs 30 --teacher teacher.pt
     python train.py --arch darts --dataset cifar10 --split final --download --save teacher.pt
-    python train.py --arch darts --dataset digits --split final --width 8 --layers 5 --epochs 20 \\
-        --save runs/teacher_digits.pt                  # offline: the quick start's teacher, seconds
+    python train.py --arch darts --dataset digits --split final --width 16 --layers 8 --epochs 20 \\
+        --save runs/teacher_digits.pt                  # offline: the quick start's teacher, a minute
 
 Read top to bottom: the protocol -> kd_step, the step of Eq. 2 -> one epoch and the scores -> fit,
 the epoch loop -> f_KD -> a worker's data and teacher -> the command line. Prints one line per epoch

@@ -5,6 +5,7 @@ protocol with cutout, on the whole training set), and report their test accuracy
     python retrain.py --theta runs/search-cifar10/best.json --gpus 8          # 8 students x 5 runs x 600 epochs
     python retrain.py --theta runs/search-cifar10/best.json --gpus 8 --no-kd  # same students, no KD
     python retrain.py --theta runs/search-digits/best.json                    # quick start, minutes
+    python retrain.py --theta runs/search-cifar10/best.json --auxiliary --drop-path-prob 0.2  # + NAGO's head, drop path
 
 Prints and writes (table.txt, summary.json) per architecture its seed, accuracy mean ± std over its
 runs, parameters, MACs and memory per sample; the mean over architectures with the spreads across
@@ -33,7 +34,10 @@ PAPER = dict(k=8, runs=5, epochs=train.Protocol.epochs)
 RETRAIN_PRESETS = {"digits": dict(k=4, runs=1, epochs=15)}
 RETRAIN_PROTOCOL = train.Protocol()  # DARTS's, with cutout for CIFAR (data.PRESETS)
 # Settings a resumed retraining must share with the folder it continues (k and runs may grow).
-RESUME_KEYS = ("dataset", "data_dir", "config", "no_kd", "teacher", "epochs", "seed", "max_params", "protocol")
+RESUME_KEYS = ("dataset", "data_dir", "config", "no_kd", "teacher", "epochs", "seed", "max_params", "stages",
+               "auxiliary", "drop_path_prob", "protocol")
+# What a retrain.json written before a setting existed means by its absence.
+BEFORE = {"stages": "even", **train.STUDENT_BUILD}
 
 
 def train_student(worker, index, seed, repeat):
@@ -45,8 +49,10 @@ def train_student(worker, index, seed, repeat):
     options = worker.options(seed=seed if repeat == 0 else generator.derived_seed(seed, repeat), save=str(checkpoint),
                              resume=True, log=lambda line: print(f"student {index} run {repeat} (seed {seed}): {line}",
                                                                  flush=True))
+    student = {"max_params": s.max_params, "stages": s.stages, "auxiliary": s.auxiliary,
+               "drop_path_prob": s.drop_path_prob}
     result, _, model = train.f_kd(s.config, s.epochs, seed, worker.data, worker.source(s.protocol), s.protocol,
-                                  options, {"max_params": s.max_params})
+                                  options, student)
     if result["failed"]:
         raise RuntimeError(result["error"])
     return {"index": index, "seed": seed, "run": repeat, "accuracy": result["accuracy"], "wall_s": result["wall_s"],
@@ -114,6 +120,9 @@ class Settings:
     epochs: int
     seed: int
     max_params: int
+    stages: str                 # the generator's stage rule, the search's unless --stages
+    auxiliary: bool             # the students' auxiliary head (generator.build)
+    drop_path_prob: float       # their drop path, ramped from 0 to this
     out: str
     protocol: train.Protocol
     workers_per_gpu: int
@@ -139,13 +148,14 @@ def resolve(args):
     teacher = files.absolute(args.teacher or best.get("teacher"))
     if not no_kd and (teacher is None or not Path(teacher).is_file()):
         raise cli.UserError(f"teacher checkpoint {teacher} not found; give --teacher CKPT (or --no-kd).")
-    search = best.get("settings", {})  # the search's data folder and parameter limit
+    search = best.get("settings", {})  # the search's data folder, parameter limit and stage rule
     out = Path(args.out or Path(args.theta).parent.parent / f"retrain-{dataset}{'-nokd' if no_kd else ''}")
     return Settings(
         dataset=dataset, data_dir=files.absolute(args.data_dir) or search.get("data_dir"),
         cache_dir=search.get("cache_dir"), config=best["config"], no_kd=no_kd, teacher=None if no_kd else teacher,
         k=args.k or preset["k"], runs=args.runs or preset["runs"], epochs=args.epochs or preset["epochs"],
         seed=args.seed, max_params=search.get("max_params"), out=files.absolute(out),
+        stages=args.stages or search.get("stages", "even"), auxiliary=args.auxiliary, drop_path_prob=args.drop_path_prob,
         protocol=RETRAIN_PROTOCOL.replace(eval_every=args.eval_every, capture=args.capture,
                                           deterministic=args.deterministic),
         workers_per_gpu=args.workers_per_gpu, ray=args.ray,
@@ -180,7 +190,9 @@ def check_folder(settings, out):
     when its files are whole: all is checked before anything is written."""
     saved = out / "retrain.json"
     if saved.is_file():
-        files.check_resume(schema.read_json(saved, "retrain.json")["settings"], settings.to_json(), RESUME_KEYS, out)
+        old = {**BEFORE, **schema.read_json(saved, "retrain.json")["settings"]}
+        old["protocol"] = train.as_now(old.get("protocol", {}))
+        files.check_resume(old, settings.to_json(), RESUME_KEYS, out)
     schema.read_jsonl(out / "results.jsonl", "retrain result")
     if (out / "teacher.json").is_file():
         schema.read_json(out / "teacher.json", "teacher.json")
@@ -250,13 +262,21 @@ def summarise(settings, best, rows, failures, out):
 
 def parser():
     p = cli.Parser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--theta", required=True, help="best.json written by search.py")
+    p.add_argument("--theta", required=True,
+                   help="best.json written by search.py (after --repeats N: OUT/best.json, the best of the N searches)")
     p.add_argument("--k", type=cli.positive_int, default=None,
                    help="architectures to sample from G(θ*) (default 8; digits 4)")
     p.add_argument("--runs", type=cli.positive_int, default=None,
                    help="training runs per architecture (default 5, Table 1; digits 1)")
     p.add_argument("--epochs", type=cli.positive_int, default=None, help="training epochs (default 600; digits 15)")
     p.add_argument("--no-kd", action="store_true", help="train the same architectures with cross-entropy only")
+    train.add_stages_flag(p, "the search's (best.json), else even")
+    p.add_argument("--auxiliary", action="store_true",
+                   help="train the students with NAGO's auxiliary head (its cross-entropy weighted 0.4, "
+                        "train.Protocol's aux_weight), as NAGO's code can attach it; off by default, as in the search")
+    p.add_argument("--drop-path-prob", type=cli.probability_below_one, default=0.0,
+                   help="the students' drop path, ramped from 0 to this over the epochs, e.g. 0.2 as DARTS "
+                        "(default 0: off, as in the search)")
     p.add_argument("--teacher", default=None, help="teacher checkpoint (default: the one of the search)")
     p.add_argument("--data-dir", default=None, help="data folder (default: the search's)")
     pool.add_flags(p)

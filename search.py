@@ -5,11 +5,13 @@ L_KD from a fixed teacher, scored on a hold-out of the training set); BOHB minim
     python search.py --dataset cifar10 --gpus 8 --teacher teacher.pt      # the paper: ~300 students
     python search.py --dataset cifar10 --gpus 8 --no-kd --out runs/nago-cifar10   # vanilla NAGO
     python search.py --dataset digits                                      # offline quick start
+    python search.py --dataset digits --repeats 5 --out runs/digits-x5     # 5 searches: one arm of Figs. 2-4
 
 Writes search.json (settings), teacher.json, lessons.pt, results.jsonl (every evaluation, appended),
 best.json (θ*, τ*, α*, for retrain.py) and, with --study N, study.jsonl (N configurations at every
 budget, for Fig. 4). Prints the plan's cost, the teacher's accuracy, then one line per evaluation
-with the throughput and time left. Re-running resumes; a finished search changes nothing.
+with the throughput and time left. --repeats N writes N such folders, repeat-I/ (seed --seed + I).
+Re-running resumes; a finished search changes nothing.
 """
 import concurrent.futures as cf
 import dataclasses
@@ -46,29 +48,45 @@ SEARCH_PRESETS = {
     #   were at chance too), and 69 take most of them off it (README, "Quick start");
     # - at most 5 nodes per level (27-125 units, not 27-1,000): on a CPU a step costs about the
     #   same per unit whatever the width, and the full box's students cost 3x more per step;
-    # - 0.1 M parameters: students far weaker than the teacher, so that it has something to teach.
+    # - 0.1 M parameters: students far weaker than the teacher, so that it has something to teach;
+    # - lr 0.075 at batch 96 is 0.0125 at batch 16, which is also nago.yml's 0.1 at batch 128 scaled to
+    #   16: both search protocols train the quick start at one rate (and differ in schedule and clipping).
     "digits": dict(min_budget=1, max_budget=4, iterations=1, max_params=1e5, batch_size=16, lr=0.075,
                    max_nodes=5, study=10),
 }
 MAX_NODES = generator.SPACE["top_nodes"][2]  # NAGO's largest graph at every level
-# The search phase's training protocol. The paper (Sec. 4): "all remaining training parameters were
-# set following Ru et al. (2020)". Where Ru et al. state a setting for their search, we follow it:
+# The search phase's training protocols (--search-protocol). The paper (Sec. 4): "all remaining
+# training parameters were set following Ru et al. (2020)". Both presets follow Ru et al. where they
+# state a setting for their search:
 #   budgets 30 / 60 / 120 epochs, η = 2     AutoKD Sec. 4 and the released configuration (SEARCH_PRESETS)
 #   SGD, momentum 0.9, weight decay 1e-4    released configuration, examples/nas/nago/nago.yml
 #   crop and flip, no cutout                its CIFAR-10 transforms (cutout is a final-training setting)
-# and where they do not, DARTS's (train.Protocol's defaults):
+# "darts" (the default) takes DARTS's settings (train.Protocol's defaults) where the paper is silent:
 #   batch 96, peak learning rate 0.025      nago.yml has 0.1 at batch 128, but the released README says
 #                                           the paper's runs sized the batch to the GPU and scaled the
 #                                           rate with it, without saying from what
-#   cosine schedule to 0                    nago.yml halves the rate every 20 epochs, tied to its 0.1;
-#                                           train.py has one schedule
-#   gradient clipping at norm 5             not stated (VEGA's trainer does not clip)
-SEARCH_PROTOCOL = train.Protocol(weight_decay=1e-4)
-# The quick start's digits teacher, trained into the output folder when no --teacher is given.
-DIGITS_TEACHER = dict(width=8, layers=5, epochs=20)
+#   cosine schedule to 0 over the budget    DARTS's; nago.yml's step decay is tied to its 0.1
+#   gradient clipping at norm 5             DARTS's; not stated by Ru et al.
+# "nago" takes nago.yml's trainer as released (VEGA's Trainer defaults where it is silent):
+#   batch 128, peak learning rate 0.1       nago.yml (0.075 at batch 96, scaled linearly)
+#   halved every 20 epochs                  nago.yml's StepLR (step_size 20, gamma 0.5), per epoch;
+#                                           constant within budgets of 20 epochs or fewer
+#   no gradient clipping                    VEGA's Trainer (grad_clip None); Nesterov off (torch's SGD)
+# bench/search_protocols.py measures which ranks short-budget students more like longer training.
+SEARCH_PROTOCOLS = {
+    "darts": train.Protocol(weight_decay=1e-4),
+    "nago": train.Protocol(weight_decay=1e-4, batch_size=128, lr=0.1 * train.Protocol.batch_size / 128,
+                           schedule="step", lr_step=20, lr_gamma=0.5, grad_clip=0.0),
+}
+# The quick start's digits teacher, trained into the output folder when no --teacher is given: larger
+# than its students in parameters (0.25 M against at most 0.1 M) and in memory per image (0.28 MiB
+# against about 0.16, mostly their 1,280-channel head), as the paper's teachers are (Fig. 6).
+DIGITS_TEACHER = dict(width=16, layers=8, epochs=20)
 # Settings a resumed search must share with the folder it continues.
 RESUME_KEYS = ("dataset", "data_dir", "no_kd", "teacher", "min_budget", "max_budget", "eta", "seed",
-               "max_params", "max_nodes", "val_size", "protocol")
+               "max_params", "max_nodes", "val_size", "stages", "search_protocol", "protocol")
+# What a search.json written before a setting existed means by its absence.
+BEFORE = {"stages": "even", "search_protocol": "darts"}
 STUDY = 1  # the study's seeds and draws are derived from (--seed, STUDY, ...), apart from BOHB's
 
 
@@ -86,7 +104,7 @@ def objective(worker, config, budget, job):
     seed = job["arch_seed"] if "arch_seed" in job else generator.derived_seed(s.seed, job["iteration"],
                                                                               job["bracket"], job["index"])
     result, arch, _ = train.f_kd(config, budget, seed, worker.data, worker.source(s.protocol), s.protocol,
-                                 worker.options(seed=seed), {"max_params": s.max_params})
+                                 worker.options(seed=seed), {"max_params": s.max_params, "stages": s.stages})
     if result["failed"]:
         raise RuntimeError(result["error"])
     return {"loss": 1.0 - result["accuracy"], "accuracy": result["accuracy"], "arch_seed": seed,
@@ -116,6 +134,8 @@ class Settings:
     iterations: int
     max_nodes: int
     study: int
+    stages: str                 # the generator's stage rule (generator.STAGE_RULES)
+    search_protocol: str        # the name of `protocol` in SEARCH_PROTOCOLS
     protocol: train.Protocol
     workers_per_gpu: int
     max_params: int
@@ -134,10 +154,10 @@ class Settings:
 
 def resolve(args):
     """(Settings, output folder): the data set's preset, overridden by the flags given, every one checked."""
-    preset = SEARCH_PRESETS[args.dataset]
+    preset, protocol = SEARCH_PRESETS[args.dataset], SEARCH_PROTOCOLS[args.search_protocol]
     pick = {key: getattr(args, key) if getattr(args, key) is not None else preset.get(key, default)
             for key, default in (("min_budget", None), ("max_budget", None), ("iterations", None),
-                                 ("batch_size", SEARCH_PROTOCOL.batch_size), ("lr", SEARCH_PROTOCOL.lr),
+                                 ("batch_size", protocol.batch_size), ("lr", protocol.lr),
                                  ("max_nodes", MAX_NODES), ("study", 0))}
     out = Path(args.out or f"runs/search-{args.dataset}{'-nokd' if args.no_kd else ''}")
     teacher = None if args.no_kd else args.teacher or (out / "teacher.pt" if args.dataset == "digits" else None)
@@ -146,8 +166,9 @@ def resolve(args):
         dataset=args.dataset, data_dir=files.absolute(args.data_dir), cache_dir=args.cache_dir, no_kd=args.no_kd,
         eta=args.eta, seed=args.seed, val_size=args.val_size, min_budget=pick["min_budget"],
         max_budget=pick["max_budget"], iterations=pick["iterations"], max_nodes=pick["max_nodes"], study=pick["study"],
-        protocol=SEARCH_PROTOCOL.replace(batch_size=pick["batch_size"], lr=pick["lr"], capture=args.capture,
-                                         deterministic=args.deterministic, eval_every=int(round(pick["max_budget"]))),
+        stages=args.stages or "even", search_protocol=args.search_protocol,
+        protocol=protocol.replace(batch_size=pick["batch_size"], lr=pick["lr"], capture=args.capture,
+                                  deterministic=args.deterministic, eval_every=int(round(pick["max_budget"]))),
         workers_per_gpu=args.workers_per_gpu, teacher=files.absolute(teacher),
         max_params=int(args.max_params or preset.get("max_params") or generator.default_max_params(image_size)),
         slots=pool.slots(args.gpus, args.workers, args.workers_per_gpu, args.ray), ray=args.ray)
@@ -165,7 +186,7 @@ def check(s, args):
     largest = {name: high for name, (_, _, high) in box(s).items() if name in generator.SPACE}
     preset = DATA_PRESETS[s.dataset]
     try:  # every θ of the box must fit the limit at width 1, or part of the space could never be trained
-        generator.sample(largest, 0, preset.image_size, preset.num_classes, max_params=s.max_params)
+        generator.sample(largest, 0, preset.image_size, preset.num_classes, max_params=s.max_params, stages=s.stages)
     except ValueError as e:
         raise cli.UserError(f"the largest θ of the space does not fit --max-params: {e}") from None
     if not s.no_kd and s.teacher is None:
@@ -340,12 +361,29 @@ def run_study(workers, todo, path):
 
 def run(args):
     """Alg. 1: BOHB proposes (θ, τ, α) and a budget, a worker evaluates f_KD, until the plan is done;
-    then the study for Fig. 4. Re-run, it resumes from the logs; a finished search starts no worker."""
+    then the study for Fig. 4. --repeats N runs N such searches one after another (seeds --seed to
+    --seed + N - 1, one folder each; repeat_folders) with one teacher. Re-run, it resumes from the
+    logs; a finished search starts no worker."""
     settings, out = resolve(args)
-    check_folder(settings, out)
+    folders = repeat_folders(out, args.repeats)
+    seeded = [dataclasses.replace(settings, seed=settings.seed + i) for i in range(len(folders))]
+    for repeat, folder in zip(seeded, folders):
+        check_folder(repeat, folder)
     data = load_data(settings.dataset, settings.data_dir, "search", val_size=settings.val_size,
                      cache_dir=settings.cache_dir)  # once here: a wrong folder is one error, a cache made once
-    settings = ready_teacher(settings, data, out, args.lessons)
+    settings = ready_teacher(settings, data, out, args.lessons)  # one teacher and its lessons for all repeats
+    bests = []
+    for i, folder in enumerate(folders):
+        if len(folders) > 1:
+            print(f"\n=== search {i + 1} of {len(folders)}: seed {settings.seed + i} -> {folder}", flush=True)
+        bests.append(search_once(dataclasses.replace(settings, seed=settings.seed + i), folder, data))
+    best = bests[0] if len(bests) == 1 else best_of_repeats(bests, out)
+    print(f"next: python retrain.py --theta {best}")
+    return best
+
+
+def search_once(settings, out, data):
+    """One search into `out` (resumed from its logs); returns the path of its best.json."""
     provenance = write_provenance(settings, out)
     search = bohb.BOHB(box(settings), settings.min_budget, settings.max_budget, settings.eta, settings.seed)
     progress = Progress(search, settings, out, provenance, len(data.train))
@@ -359,12 +397,45 @@ def run(args):
     return finish(progress, out)
 
 
+def repeat_folders(out, repeats):
+    """The search folders of --repeats N: `out` itself for one search (N = 1), else out/repeat-0 ...
+    out/repeat-(N-1), each a whole search (report.py pools them as one arm). A folder of the other
+    layout is refused, so that re-running continues the searches it holds."""
+    nested = sorted(p.parent.name for p in out.glob("repeat-*/search.json"))
+    if repeats == 1 and nested and not (out / "search.json").is_file():
+        raise cli.UserError(f"{out} holds the searches of --repeats ({', '.join(nested)}); give --repeats "
+                            f"{len(nested)} (or more) to continue them, or another --out.")
+    if repeats > 1 and (out / "search.json").is_file():
+        raise cli.UserError(f"{out} holds one search (made without --repeats); give another --out for "
+                            f"{repeats} repeats.")
+    return [out] if repeats == 1 else [out / f"repeat-{i}" for i in range(repeats)]
+
+
+def best_of_repeats(bests, out):
+    """out/best.json: the best of the repeats' best.json (the highest accuracy; the first on a tie),
+    which retrain.py reads, with every repeat's result beside it. Returns its path."""
+    found = [files.read_json(str(path), "best.json") for path in bests]
+    for path, best in zip(bests, found):
+        print(f"{path.parent.name}: {100 * best['accuracy']:.1f} % at {best['budget']:g} epochs")
+    winner = max(range(len(found)), key=lambda i: found[i]["accuracy"])
+    record = {**found[winner], "repeats": [{"best": files.absolute(path), "accuracy": best["accuracy"],
+                                            "budget": best["budget"]} for path, best in zip(bests, found)]}
+    if not (out / "best.json").is_file() or files.read_json(str(out / "best.json"), "best.json") != record:
+        files.write_json(out / "best.json", record)
+    print(f"best of {len(bests)} searches: {bests[winner].parent.name}, {100 * record['accuracy']:.1f} % -> "
+          f"{out / 'best.json'}")
+    return out / "best.json"
+
+
 def check_folder(settings, out):
-    """A folder that holds a search is resumed only with the settings it was made with, and only when
-    its logs are whole: all is checked before anything is written."""
+    """A folder that holds a search is resumed only with the settings it was made with (BEFORE: what
+    an older search.json means by a setting it lacks), and only when its logs are whole: all is
+    checked before anything is written."""
     saved = out / "search.json"
     if saved.is_file():
-        files.check_resume(schema.read_json(saved, "search.json")["settings"], settings.to_json(), RESUME_KEYS, out)
+        old = {**BEFORE, **schema.read_json(saved, "search.json")["settings"]}
+        old["protocol"] = train.as_now(old.get("protocol", {}))
+        files.check_resume(old, settings.to_json(), RESUME_KEYS, out)
     for log in ("results.jsonl", "study.jsonl"):
         schema.read_jsonl(out / log, "search record")
 
@@ -392,12 +463,11 @@ def start_workers(settings, out):
 
 
 def finish(progress, out):
-    """best.json brought up to date, and the result and the next command printed."""
+    """best.json brought up to date and the result printed; returns its path."""
     progress.update_best()
     if progress.best is None:
         raise cli.UserError(f"no evaluation succeeded; read the errors in {out / 'results.jsonl'}.")
     print(f"best: {100 * progress.best['accuracy']:.1f} % at {progress.best['budget']:g} epochs -> {out / 'best.json'}")
-    print(f"next: python retrain.py --theta {out / 'best.json'}")
     return out / "best.json"
 
 
@@ -412,6 +482,10 @@ def parser():
     p.add_argument("--out", default=None, help="output folder (default runs/search-<dataset>[-nokd]); an existing "
                                                "one is resumed")
     p.add_argument("--seed", type=int, default=0, help="seeds BOHB and every architecture sample")
+    p.add_argument("--repeats", type=cli.positive_int, default=1,
+                   help="run this many searches one after another, seeds --seed, --seed + 1, ..., into "
+                        "OUT/repeat-0, OUT/repeat-1, ... (the paper pools 5 per arm in Figs. 2 and 4, 8 in "
+                        "Fig. 3); OUT/best.json is then the best of them (default 1: one search in OUT)")
     p.add_argument("--min-budget", type=cli.positive_float, default=None,
                    help="smallest budget in epochs (default: preset, 30)")
     p.add_argument("--max-budget", type=cli.positive_float, default=None,
@@ -428,10 +502,16 @@ def parser():
                    help="after the search, train this many random configurations at every budget, for Fig. 4's "
                         "rank correlations (default: preset, else 0); BOHB does not see them")
     p.add_argument("--val-size", type=cli.positive_int, default=None, help="hold-out images (default: 5,000 for CIFAR)")
-    p.add_argument("--batch-size", type=cli.positive_int, default=None, help="batch size (default: preset, 96)")
+    p.add_argument("--search-protocol", default="darts", choices=tuple(SEARCH_PROTOCOLS),
+                   help="how the students are trained (SEARCH_PROTOCOLS): darts (default; batch 96, lr 0.025, cosine "
+                        "over the budget, clipping at 5) or nago (NAGO's released search: batch 128, lr 0.1, halved "
+                        "every 20 epochs, no clipping); both SGD momentum 0.9, weight decay 1e-4")
+    train.add_stages_flag(p, "even")
+    p.add_argument("--batch-size", type=cli.positive_int, default=None,
+                   help="batch size (default: preset, else the protocol's: 96 darts, 128 nago)")
     p.add_argument("--lr", type=cli.positive_float, default=None,
-                   help="peak learning rate for batch 96, scaled linearly to --batch-size, cosine-decayed over the "
-                        "budget (default: preset, 0.025)")
+                   help="peak learning rate for batch 96, scaled linearly to --batch-size (default: preset, else "
+                        "the protocol's: 0.025 darts, 0.075 nago, which is 0.1 at batch 128)")
     p.add_argument("--lessons", default="auto", choices=("auto", "off"),
                    help="auto: compute the teacher's logits for every augmented view once and look them up; "
                         "off: run the teacher at every step")

@@ -4,8 +4,8 @@ sample a student from G(θ), train it b epochs with L_KD of Eq. 1-2, return vali
 
     python train.py --theta theta.json --seed 0 --dataset cifar10 --epochs 30 --teacher teacher.pt
     python train.py --arch darts --dataset cifar10 --split final --download --save teacher.pt
-    python train.py --arch darts --dataset digits --split final --width 8 --layers 5 --epochs 20 \\
-        --save runs/teacher_digits.pt                  # offline: the quick start's teacher, seconds
+    python train.py --arch darts --dataset digits --split final --width 16 --layers 8 --epochs 20 \\
+        --save runs/teacher_digits.pt                  # offline: the quick start's teacher, a minute
 
 Read top to bottom: the protocol -> kd_step, the step of Eq. 2 -> one epoch and the scores -> fit,
 the epoch loop -> f_KD -> a worker's data and teacher -> the command line. Prints one line per epoch
@@ -36,6 +36,7 @@ from machinery.executor import with_worker
 from teachers import lessons
 
 TAU, ALPHA = 4.0, 0.9  # the usual KD setting (paper Sec. 3.1) when no searched value is given
+SCHEDULES = ("cosine", "step")  # learning_rate's schedules
 
 
 def knob(default, kind, text, aliases=None):
@@ -47,14 +48,18 @@ def knob(default, kind, text, aliases=None):
 @dataclass(frozen=True)
 class Protocol:
     """How a network is trained. The defaults are DARTS's (Liu et al. 2019), which the paper's
-    retraining and teachers follow; search.SEARCH_PROTOCOL holds the search phase's (Ru et al. 2020)."""
+    retraining and teachers follow; search.SEARCH_PROTOCOLS hold the search phase's (Ru et al. 2020)."""
     epochs: int = knob(600, cli.positive_int, "training epochs (final training; search budgets: 30/60/120)")
     batch_size: int = knob(96, cli.positive_int, "batch size")
     lr: float = knob(0.025, cli.positive_float, "peak SGD learning rate at batch 96, scaled linearly with "
-                                                   "--batch-size, cosine to 0")
+                                                   "--batch-size")
+    schedule: str = knob("cosine", SCHEDULES, "learning rate schedule: cosine to 0 over --epochs (DARTS), or step: "
+                                              "times --lr-gamma every --lr-step epochs (NAGO's search)")
+    lr_step: int = knob(20, cli.positive_int, "step schedule: epochs between two decays")
+    lr_gamma: float = knob(0.5, cli.positive_float, "step schedule: factor of each decay")
     momentum: float = knob(0.9, cli.nonnegative_float, "SGD momentum (Nesterov off)")
     weight_decay: float = knob(3e-4, cli.nonnegative_float, "weight decay")
-    grad_clip: float = knob(5.0, cli.positive_float, "maximum global gradient norm")
+    grad_clip: float = knob(5.0, cli.nonnegative_float, "maximum global gradient norm (0: no clipping)")
     aux_weight: float = knob(0.4, cli.nonnegative_float, "weight of an auxiliary head's cross-entropy, for "
                                                             "models that have one (the DARTS teacher)")
     cutout: int = knob(None, cli.nonnegative_int, "cutout side in px (default: the data set's in final runs, "
@@ -78,8 +83,26 @@ class Protocol:
 
 # Settings a resumed run must share with its checkpoint; the others (device, capture, ...) may change.
 RESUME_KEYS = ("arch", "arch_options", "dataset", "split", "train_size", "num_classes", "epochs",
-               "batch_size", "lr", "momentum", "weight_decay", "grad_clip", "aux_weight", "tau",
-               "alpha", "seed", "cutout", "amp", "bn_batches")
+               "batch_size", "lr", "schedule", "lr_step", "lr_gamma", "momentum", "weight_decay", "grad_clip",
+               "aux_weight", "tau", "alpha", "seed", "cutout", "amp", "bn_batches")
+# generator.build's options for a student (f_kd), at their defaults: off, as NAGO's search trains.
+STUDENT_BUILD = {"auxiliary": False, "drop_path_prob": 0.0}
+# What a file written before a setting existed means by its absence: how that version trained.
+BEFORE = {"schedule": "cosine", "lr_step": Protocol.lr_step, "lr_gamma": Protocol.lr_gamma}
+
+
+def as_now(saved):
+    """A checkpoint's config, or a search's or retraining's saved protocol, with the settings added since
+    it was written at the values its version used: the cosine schedule; for a student, the even stage
+    rule and neither auxiliary head nor drop path. A resumed run compares this with its own settings."""
+    saved = {**BEFORE, **saved}
+    student = saved.get("arch_options")
+    if saved.get("arch") == "nago" and isinstance(student, dict) and isinstance(student.get("arch"), dict):
+        saved["arch_options"] = {**STUDENT_BUILD, **student,
+                                 "arch": {**student["arch"], "stages_rule": generator.stages_rule(student["arch"])}}
+    return saved
+
+
 # Protocol fields that say how the kernels run, not what is trained: a resumed run, search or
 # retraining may change them.
 EXECUTION = ("capture", "deterministic")
@@ -111,8 +134,9 @@ def kd_step(run, x, y, lesson):
         if aux is not None:  # Interpretation: an auxiliary head learns from the labels only, as in DARTS
             loss = loss + run.protocol.aux_weight * F.cross_entropy(aux.float(), y)
     run.scaler.scale(loss).backward()
-    run.scaler.unscale_(run.optimizer)  # clip the true gradients (a no-op without fp16)
-    torch.nn.utils.clip_grad_norm_(run.params, run.protocol.grad_clip, foreach=True)
+    if run.protocol.grad_clip:
+        run.scaler.unscale_(run.optimizer)  # clip the true gradients (a no-op without fp16)
+        torch.nn.utils.clip_grad_norm_(run.params, run.protocol.grad_clip, foreach=True)
     run.scaler.step(run.optimizer)
     run.scaler.update()
     return loss.detach(), logits.detach()
@@ -212,14 +236,14 @@ def fit(model, data, protocol=Protocol(), teacher=None, tau=TAU, alpha=0.0, opti
         gen = data.generator(options.seed)  # the data order and the augmentation draw from here
         resumed = options.save is not None and Path(options.save).exists()
         history, clock, start = restore(run, gen) if resumed else ([], CLOCK, 0)
-        set_lr(run.optimizer, cosine(run.peak, start, protocol.epochs))
+        set_lr(run.optimizer, learning_rate_at(run.peak, start, protocol))
         failed, session = None, time.perf_counter()
         for epoch in range(start, end):
             t0 = time.perf_counter()
             if run.drop_path_max is not None:  # DARTS's linear ramp from 0 to the model's maximum
                 model.drop_path_prob = run.drop_path_max * epoch / protocol.epochs
             loss, accuracy, seen = train_epoch(run, gen)  # Alg. 1 line 7: one epoch of L_KD
-            set_lr(run.optimizer, cosine(run.peak, epoch + 1, protocol.epochs))  # the cosine, per epoch
+            set_lr(run.optimizer, learning_rate_at(run.peak, epoch + 1, protocol))  # the schedule, per epoch
             train_s = time.perf_counter() - t0
             if not math.isfinite(loss):  # a diverged student fails its evaluation; a search goes on
                 failed = f"the training loss became {loss} in epoch {epoch + 1}; lower --lr or try another configuration"
@@ -337,9 +361,23 @@ def result(run, history, clock, failed):
             "config": run.cfg}
 
 
+def learning_rate_at(peak, epoch, protocol):
+    """The learning rate of epoch `epoch` (from 0) under protocol.schedule, from the peak rate."""
+    if protocol.schedule == "step":
+        return step_decay(peak, epoch, protocol.lr_step, protocol.lr_gamma)
+    return cosine(peak, epoch, protocol.epochs)
+
+
 def cosine(peak, epoch, epochs):
     """SGDR's cosine without restarts (DARTS's schedule): the learning rate of epoch `epoch`."""
     return peak * (1 + math.cos(math.pi * epoch / epochs)) / 2
+
+
+def step_decay(peak, epoch, step, gamma):
+    """torch's StepLR (NAGO's search schedule, nago.yml: step 20, gamma 0.5): the peak rate times gamma
+    once every `step` epochs. Interpretation: VEGA steps its StepLR with the index of the epoch just
+    finished, so there the first rate lasts step + 1 epochs; we keep torch's documented step."""
+    return peak * gamma ** (epoch // step)
 
 
 def progress_line(row, epochs, split, eta_s):
@@ -370,7 +408,7 @@ def restore(run, gen):
     """Load the checkpoint written by `checkpoint` into the run; returns (history, clock, epoch)."""
     path = run.options.save
     state = schema.check("resumable checkpoint", load_checkpoint(path), path)  # RNG states on the CPU
-    files.check_resume(state["config"], run.cfg, RESUME_KEYS, path, "resume with the same settings, or start a "
+    files.check_resume(as_now(state["config"]), run.cfg, RESUME_KEYS, path, "resume with the same settings, or start a "
                        "new file", error=files.CheckpointError)
     try:
         run.model.load_state_dict(state["model"])
@@ -407,27 +445,30 @@ def check_config(config, what="θ"):
 BUILD_LOCK = threading.Lock()  # seeding the initial weights touches the global RNG
 
 
-def build_student(arch, seed):
-    """The network of `arch` with the initial weights that `seed` makes, whatever the other students
-    of this process do meanwhile (they build under the same lock; a recording touches only the GPU's
-    generator, machinery.capture)."""
+def build_student(arch, seed, build=None):
+    """The network of `arch` (generator.build's options `build`) with the initial weights that `seed`
+    makes, whatever the other students of this process do meanwhile (they build under the same lock;
+    a recording touches only the GPU's generator, machinery.capture)."""
     with BUILD_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return generator.build(arch)
+        return generator.build(arch, **(build or {}))
 
 
 def f_kd(config, budget, arch_seed, data, teacher, protocol, options, student=None):
-    """Alg. 1 line 7, f_KD(θ, b): sample the student of (θ, arch_seed) from G(θ) (generator.sample's
-    keyword options in `student`, e.g. max_params), train it for b epochs with L_KD from `teacher`
-    (τ and α from config; no teacher or α = 0: cross-entropy) and score it on data.eval. Its initial
-    weights and data order come from options.seed. Returns (fit's result, the architecture, the
-    trained model). search.py calls it with the search budgets, retrain.py with the final protocol."""
+    """Alg. 1 line 7, f_KD(θ, b): sample the student of (θ, arch_seed) from G(θ), train it for b epochs
+    with L_KD from `teacher` (τ and α from config; no teacher or α = 0: cross-entropy) and score it on
+    data.eval. `student` holds generator.sample's keyword options (max_params, stages) and
+    generator.build's (STUDENT_BUILD: auxiliary, drop_path_prob). Its initial weights and data order
+    come from options.seed. Returns (fit's result, the architecture, the trained model). search.py
+    calls it with the search budgets, retrain.py with the final protocol."""
     config = check_config(config)
     tau, alpha = (config.get("tau", TAU), config.get("alpha", ALPHA)) if teacher is not None else (TAU, 0.0)
+    student = student or {}
+    build = {**STUDENT_BUILD, **{k: v for k, v in student.items() if k in STUDENT_BUILD}}
     arch = generator.sample({k: config[k] for k in generator.SPACE}, arch_seed, data.image_size,
-                            data.num_classes, **(student or {}))
-    model = build_student(arch, options.seed)
-    options = dataclasses.replace(options, config={"arch": "nago", "arch_options": {"arch": arch}})
+                            data.num_classes, **{k: v for k, v in student.items() if k not in STUDENT_BUILD})
+    model = build_student(arch, options.seed, build)
+    options = dataclasses.replace(options, config={"arch": "nago", "arch_options": {"arch": arch, **build}})
     return fit(model, data, protocol.replace(epochs=int(round(budget))), teacher, tau, alpha, options), arch, model
 
 
@@ -531,6 +572,9 @@ def build_model(args, data):
     if args.arch is not None and args.max_params is not None:
         raise cli.UserError("--max-params limits a --theta student; a teacher's size is set by its "
                                "architecture, so drop it")
+    if args.arch is not None and args.stages is not None:
+        raise cli.UserError("--stages sets how a --theta student's cells are split into stages; a teacher's "
+                            "architecture fixes its own, so drop it")
     if args.theta is None:
         model, description = teachers.from_flags(args, data.num_classes)
         return model, description, {}
@@ -541,8 +585,8 @@ def build_model(args, data):
     config = schema.read_json(args.theta, "θ", "--theta")  # a bare θ, or a best.json
     config = check_config(config.get("config", config), what=f"{files.json_where(args.theta, '--theta')}: θ")
     arch = generator.sample({k: config[k] for k in generator.SPACE}, args.seed, data.image_size,
-                            data.num_classes, max_params=args.max_params)
-    return generator.build(arch), {"arch": "nago", "arch_options": {"arch": arch}}, config
+                            data.num_classes, max_params=args.max_params, stages=args.stages or "even")
+    return generator.build(arch), {"arch": "nago", "arch_options": {"arch": arch, **STUDENT_BUILD}}, config
 
 
 def add_protocol_flags(p, names=None):
@@ -553,6 +597,14 @@ def add_protocol_flags(p, names=None):
             options = {"choices": kind, "type": lambda v, a=aliases: a.get(v, v)} if isinstance(kind, tuple) \
                 else {"type": kind}
             p.add_argument("--" + f.name.replace("_", "-"), default=f.default, help=text, **options)
+
+
+def add_stages_flag(p, default_text):
+    """--stages, the generator's stage rule for students (search.py, retrain.py and train.py --theta)."""
+    p.add_argument("--stages", choices=generator.STAGE_RULES, default=None,
+                   help="how a student's cells are split into stages: even (three stages at full, 1/2 and 1/4 "
+                        "resolution; an interpretation) or nago (NAGO's released rule: one stage at full "
+                        f"resolution for more than 3 cells); default: {default_text}")
 
 
 def parser():
@@ -576,6 +628,7 @@ def parser():
                                                              f"{ALPHA} with --teacher, 0 without)")
     p.add_argument("--max-params", type=cli.positive_int, default=None,
                    help="student parameter limit, e.g. 4e6 (default: generator's, 4.0 M / 6.0 M)")
+    add_stages_flag(p, "even")
     teachers.add_flags(p)
     add_protocol_flags(p)
     p.add_argument("--device", type=cli.device_name, default="cuda" if torch.cuda.is_available() else "cpu",

@@ -48,10 +48,10 @@ def subset(split, n, seed):
     return TensorSplit(split.x[idx], split.y[idx])
 
 
-def students(n, seed):
-    """n configurations of the quick start's box, drawn uniformly (θ only: no KD here)."""
-    preset = search.SEARCH_PRESETS["digits"]
-    space = bohb.Space(search.box(SimpleNamespace(no_kd=True, max_nodes=preset["max_nodes"])))
+def students(n, seed, max_nodes=search.SEARCH_PRESETS["digits"]["max_nodes"]):
+    """n configurations of the quick start's box (node counts at most max_nodes), drawn uniformly (θ
+    only: no KD here)."""
+    space = bohb.Space(search.box(SimpleNamespace(no_kd=True, max_nodes=max_nodes)))
     rng = np.random.default_rng(seed)
     return [space.decode(rng.random(len(space))) for _ in range(n)]
 
@@ -125,7 +125,7 @@ def main():
     thetas = students(args.students, args.seed)
     preset = search.SEARCH_PRESETS["digits"]
     budgets = args.budgets or [int(preset["min_budget"] * 2 ** i) for i in range(3)]  # 1, 2, 4: the quick start's
-    protocol = search.SEARCH_PROTOCOL.replace(batch_size=preset["batch_size"], lr=preset["lr"])
+    protocol = search.SEARCH_PROTOCOLS["darts"].replace(batch_size=preset["batch_size"], lr=preset["lr"])
     print(f"digits: {args.students} students x budgets {budgets} epochs", flush=True)
     digits = load_data("digits", split="search")
     sections = [table("digits", measure(digits, thetas, budgets, protocol, int(preset["max_params"]), args.bn_batches),
@@ -135,7 +135,7 @@ def main():
         cifar = load_data("cifar10", args.data_dir, "search", cache_dir=args.cache_dir)
         cifar = dataclasses.replace(cifar, train=subset(cifar.train, args.cifar_train, args.seed),
                                     val=subset(cifar.val, args.cifar_val, args.seed + 1))
-        protocol = search.SEARCH_PROTOCOL.replace(batch_size=args.cifar_batch)
+        protocol = search.SEARCH_PROTOCOLS["darts"].replace(batch_size=args.cifar_batch)
         print(f"cifar10: {args.students} students x budgets {args.cifar_budgets} epochs on {len(cifar.train):,} "
               f"training and {len(cifar.val):,} hold-out images", flush=True)
         rows = measure(cifar, thetas, args.cifar_budgets, protocol, int(args.cifar_max_params), args.bn_batches)

@@ -6,6 +6,7 @@ runs (its output passed through); the script ends with the wall time of every st
     python bench/course.py --preset cifar10 --download        # the CIFAR-10 course run on one GPU
     python bench/course.py --preset cifar10 --data-dir /tmp/cifar10-jpeg   # ... from an image folder
     python bench/course.py --out runs-fresh --record          # a clean run, times into bench/RESULTS.md
+    python bench/course.py --repeats 3 --out runs-x3          # 3 searches per arm: Fig. 3 with its spread
 
 Stages: the data (CIFAR-10: downloaded, or an image folder decoded once into its cache), the
 teacher (the digits search trains its own), the KD search with its study, the --no-kd
@@ -43,9 +44,10 @@ SMOKE_SEARCH = ["--min-budget", "1", "--max-budget", "2", "--study", "3", "--max
 SMOKE_RETRAIN = ["--k", "2", "--epochs", "1"]
 
 
-def commands(preset, out, data=(), teacher=None, smoke=False):
+def commands(preset, out, data=(), teacher=None, smoke=False, repeats=1):
     """[(stage, argv)]: the stages of `preset`, writing under `out`; `data` are the data flags
-    (--download or --data-dir DIR) of the CIFAR run."""
+    (--download or --data-dir DIR) of the CIFAR run; `repeats` searches per arm (search.py --repeats,
+    whose best.json is then the best of them: the retraining reads it)."""
     dataset = "digits" if preset == "quickstart" else "cifar10"
     search, nokd = f"{out}/search-{dataset}", f"{out}/search-{dataset}-nokd"
     stages = []
@@ -62,6 +64,7 @@ def commands(preset, out, data=(), teacher=None, smoke=False):
         given = ["--teacher", teacher]
         search_flags = [*COURSE_SEARCH, *folder]
         retrain_flags = COURSE_RETRAIN
+    search_flags += ["--repeats", str(repeats)] if repeats > 1 else []
     stages += [
         ("teacher + KD search" if preset == "quickstart" and not given else "KD search",
          ["search.py", *search_flags, *given, "--out", search]),
@@ -90,14 +93,18 @@ def main():
     where.add_argument("--download", action="store_true", help="cifar10: let torchvision fetch CIFAR-10 into data/cifar10")
     where.add_argument("--data-dir", default=None, help="cifar10: a CIFAR-10 folder (torchvision's, or an image folder)")
     p.add_argument("--teacher", default=None, help="a teacher checkpoint to use instead of training one")
+    p.add_argument("--repeats", type=cli.positive_int, default=1,
+                   help="searches per arm (search.py --repeats), pooled by the report's Figs. 2-4 (default 1)")
     p.add_argument("--smoke", action="store_true", help="quickstart: tiny sizes, for the tests")
     p.add_argument("--record", action="store_true", help="write the times into bench/RESULTS.md")
     args = p.parse_args()
     if args.preset == "quickstart" and (args.download or args.data_dir):
         p.error("the quick start reads the bundled digits; --download and --data-dir are for --preset cifar10")
+    if args.record and args.repeats > 1:
+        p.error("--record times the course as documented, one search per arm; drop --repeats or --record")
     data = ["--download"] if args.download else ["--data-dir", args.data_dir] if args.data_dir else []
     times, start = [], time.perf_counter()
-    for stage, argv in commands(args.preset, args.out, data, args.teacher, args.smoke):
+    for stage, argv in commands(args.preset, args.out, data, args.teacher, args.smoke, args.repeats):
         print(f"\n$ python {' '.join(argv)}", flush=True)
         t, cpu = time.perf_counter(), cpu_seconds()
         code = subprocess.call([sys.executable, str(ROOT / argv[0]), *argv[1:]])

@@ -60,6 +60,14 @@ positive_float = number_flag(float, 0, True, "a number > 0")
 nonnegative_float = number_flag(float, 0, False, "a number >= 0")
 
 
+def probability_below_one(text):
+    """A probability in [0, 1), such as a drop-path probability (1 would drop everything)."""
+    value = nonnegative_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), not {text}")
+    return value
+
+
 def device_name(text):
     """A torch device this machine has: 'cpu', 'cuda', 'cuda:1'."""
     try:

@@ -72,6 +72,19 @@ def test_bn_recalibration_smoke(tmp_path):
     assert "| 1 epoch(s) |" in r.stdout and "of the training time of one epoch" in r.stdout
 
 
+@pytest.mark.slow
+def test_search_protocols_smoke():
+    """bench/search_protocols.py on 3 tiny students, budgets 1 against 2 epochs: both protocols train
+    every student at every budget and the table names both, with ρ and the paired difference."""
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "search_protocols.py"), "--students", "3",
+                        "--short", "1", "--long", "2", "--max-nodes", "4", "--max-params", "3e4", "--workers", "2"],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("epoch(s):") == 3 * 2 * 2  # students x budgets x protocols
+    assert "| darts | " in r.stdout and "| nago | " in r.stdout and "| 1 epoch(s) | " in r.stdout
+    assert "nago: batch 16, lr 0.0125, step, no clipping" in r.stdout
+
+
 def test_course_smoke_runs_the_quick_start_commands(tmp_path):
     """bench/course.py --smoke: the README's quick start commands in order, at tiny sizes, with a
     one-epoch teacher; the two studies train the same students and the report shows no nan."""
@@ -111,3 +124,9 @@ def test_the_cifar10_course_commands_parse():
             parsers[argv[0]]().parse_args(argv[1:])  # exits (SystemExit) on an unknown flag or a bad value
     search_args = search.parser().parse_args(stages[2][1][1:])
     assert (search_args.min_budget, search_args.max_budget, search_args.study, search_args.max_nodes) == (1, 4, 10, 5)
+    assert search_args.repeats == 1
+    # --repeats N: both searches run N repeats, and the retrainings read the best of them, OUT/best.json
+    stages = dict(course.commands("quickstart", "runs", repeats=3))
+    for name in ("teacher + KD search", "no-KD search"):
+        assert search.parser().parse_args(stages[name][1:]).repeats == 3
+    assert retrain.parser().parse_args(stages["retrain with KD"][1:]).theta == "runs/search-digits/best.json"

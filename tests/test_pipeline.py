@@ -173,3 +173,84 @@ def test_a_teacher_for_another_data_set_is_refused_before_anything_is_written(tm
     s = cli("search.py", *TINY, "--teacher", str(wrong), "--out", str(out))
     assert s.returncode != 0 and "not digits" in s.stderr and "Traceback" not in s.stderr
     assert not (out / "search.json").exists()  # the corrected command starts afresh, not a mismatch
+
+
+# ---------------------------------------------------------------------------------------------
+# Search protocols, stage rules and repeats
+
+def settings_of(*args):
+    import search
+    return search.resolve(search.parser().parse_args(list(args)))
+
+
+def test_the_nago_search_protocol_is_nagos_released_trainer():
+    """nago.yml's trainer: SGD lr 0.1 at batch 128 (0.075 in train.py's batch-96 units), momentum
+    0.9, weight decay 1e-4, StepLR step 20 gamma 0.5, no clipping (VEGA's grad_clip None)."""
+    s, _ = settings_of("--dataset", "cifar10", "--no-kd", "--search-protocol", "nago", "--gpus", "0", "--max-nodes", "4")
+    p = s.protocol
+    assert (s.search_protocol, p.batch_size, p.lr * p.batch_size / 96) == ("nago", 128, pytest.approx(0.1))
+    assert (p.schedule, p.lr_step, p.lr_gamma, p.grad_clip, p.momentum, p.weight_decay) == ("step", 20, 0.5, 0, 0.9, 1e-4)
+    assert s.to_json()["search_protocol"] == "nago" and s.to_json()["protocol"]["schedule"] == "step"
+    darts, _ = settings_of("--dataset", "cifar10", "--no-kd", "--gpus", "0", "--max-nodes", "4")
+    assert (darts.search_protocol, darts.protocol.schedule, darts.protocol.grad_clip) == ("darts", "cosine", 5.0)
+    assert (darts.protocol.batch_size, darts.protocol.lr, darts.stages) == (96, 0.025, "even")
+    digits, _ = settings_of("--dataset", "digits", "--no-kd", "--search-protocol", "nago", "--stages", "nago",
+                            "--gpus", "0")
+    assert (digits.protocol.batch_size, digits.protocol.schedule, digits.stages) == (16, "step", "nago")  # preset's batch
+
+
+def test_a_search_folder_resumes_only_under_its_stage_rule_and_protocol(tmp_path):
+    """An older search.json (no stage rule, protocol name or schedule fields) reads as even and
+    darts, so it resumes under the defaults and is refused under another rule or protocol."""
+    import search
+    s, _ = settings_of("--dataset", "digits", "--no-kd", "--gpus", "0")
+    old = s.to_json()
+    del old["stages"], old["search_protocol"]
+    for key in ("schedule", "lr_step", "lr_gamma"):
+        del old["protocol"][key]
+    (tmp_path / "search.json").write_text(json.dumps({"settings": old}))
+    search.check_folder(s, tmp_path)  # resumes
+    for flags, named in ((["--stages", "nago"], "stages"), (["--search-protocol", "nago"], "search_protocol")):
+        other, _ = settings_of("--dataset", "digits", "--no-kd", "--gpus", "0", *flags)
+        with pytest.raises(ValueError, match=f"{named} \"even\" there|{named} \"darts\" there"):
+            search.check_folder(other, tmp_path)
+
+
+def test_repeat_folders_keep_one_layout_per_output_folder(tmp_path):
+    import search
+    assert search.repeat_folders(tmp_path, 1) == [tmp_path]  # one search: exactly the folder, as always
+    assert search.repeat_folders(tmp_path, 3) == [tmp_path / f"repeat-{i}" for i in range(3)]
+    (tmp_path / "repeat-0").mkdir()
+    (tmp_path / "repeat-0" / "search.json").write_text("{}")
+    with pytest.raises(ValueError, match="give --repeats 1 \\(or more\\)"):
+        search.repeat_folders(tmp_path, 1)
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "search.json").write_text("{}")
+    with pytest.raises(ValueError, match="holds one search"):
+        search.repeat_folders(single, 2)
+
+
+@pytest.mark.slow
+def test_repeats_run_searches_of_consecutive_seeds_and_resume(tmp_path):
+    """--repeats 2 (with NAGO's stage rule and search protocol, recorded): two whole search folders,
+    seeds 0 and 1, each with its own logs and best.json, and OUT/best.json the better of the two;
+    re-run, both are complete and nothing is trained."""
+    out = tmp_path / "search"
+    flags = [*ONE, "--repeats", "2", "--stages", "nago", "--search-protocol", "nago", "--out", str(out)]
+    s = cli("search.py", *flags)
+    assert s.returncode == 0, s.stderr
+    assert not (out / "search.json").exists() and not (out / "results.jsonl").exists()
+    saved = [json.loads((out / f"repeat-{i}" / "search.json").read_text())["settings"] for i in range(2)]
+    assert [x["seed"] for x in saved] == [0, 1]
+    assert all((x["stages"], x["search_protocol"], x["protocol"]["schedule"]) == ("nago", "nago", "step") for x in saved)
+    bests = [json.loads((out / f"repeat-{i}" / "best.json").read_text()) for i in range(2)]
+    for i in range(2):
+        assert len(read_log(out / f"repeat-{i}")) == 1
+    top = json.loads((out / "best.json").read_text())
+    assert top["accuracy"] == max(b["accuracy"] for b in bests) and len(top["repeats"]) == 2
+    assert f"next: python retrain.py --theta {out / 'best.json'}" in s.stdout
+    again = cli("search.py", *flags)
+    assert again.returncode == 0 and again.stdout.count("the search is complete; nothing to run") == 2
+    one = cli("search.py", *ONE, "--stages", "nago", "--search-protocol", "nago", "--out", str(out))
+    assert one.returncode != 0 and "--repeats 2 (or more)" in one.stderr

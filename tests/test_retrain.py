@@ -93,3 +93,44 @@ def test_one_architecture_says_the_spread_across_architectures_was_not_measured(
     import report  # its Table 1 reads the same statistics from summary.json
     report.print_tables([], [({**stats, "students": [{"params": 1e6, "memory_mb": 0.5}]}, "one")])
     assert "one" in capsys.readouterr().out
+
+
+def settings_of(tmp_path, best, *flags):
+    (tmp_path / "best.json").write_text(json.dumps(best))
+    return R.resolve(R.parser().parse_args(["--theta", str(tmp_path / "best.json"), "--no-kd", "--gpus", "0",
+                                            "--out", str(tmp_path / "retrain"), *flags]))[0]
+
+
+def test_students_take_the_searchs_stage_rule_and_the_build_options_given(tmp_path):
+    searched = {"config": THETA, "dataset": "digits", "no_kd": True, "settings": {"stages": "nago"}}
+    s = settings_of(tmp_path, searched)
+    assert (s.stages, s.auxiliary, s.drop_path_prob) == ("nago", False, 0.0)  # the search's rule; both off
+    s = settings_of(tmp_path, searched, "--stages", "even", "--auxiliary", "--drop-path-prob", "0.2")
+    assert (s.to_json()["stages"], s.to_json()["auxiliary"], s.to_json()["drop_path_prob"]) == ("even", True, 0.2)
+    older = settings_of(tmp_path, {"config": THETA, "dataset": "digits", "no_kd": True})  # no stage rule saved
+    assert older.stages == "even"
+
+
+def test_a_retraining_resumes_only_with_its_student_options(tmp_path):
+    """retrain.json keeps the stage rule and build options; an older one without them reads as even,
+    no auxiliary head, no drop path."""
+    best = {"config": THETA, "dataset": "digits", "no_kd": True}
+    s = settings_of(tmp_path, best)
+    old = s.to_json()
+    for key in ("stages", "auxiliary", "drop_path_prob"):
+        del old[key]
+    out = tmp_path / "retrain"
+    out.mkdir()
+    (out / "retrain.json").write_text(json.dumps({"settings": old}))
+    R.check_folder(s, out)  # resumes
+    for flags, named in ((["--auxiliary"], "auxiliary"), (["--drop-path-prob", "0.3"], "drop_path_prob"),
+                         (["--stages", "nago"], "stages")):
+        with pytest.raises(ValueError, match=f"{named} .* there"):
+            R.check_folder(settings_of(tmp_path, best, *flags), out)
+
+
+@pytest.mark.parametrize("value", ["1", "-0.1", "x"])
+def test_a_drop_path_probability_outside_0_to_1_is_refused(capsys, value):
+    with pytest.raises(SystemExit):
+        R.parser().parse_args(["--theta", "b.json", "--drop-path-prob", value])
+    assert "--drop-path-prob" in capsys.readouterr().err

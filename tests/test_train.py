@@ -63,6 +63,73 @@ def test_cosine_schedule_and_drop_path_ramp(digits):
     assert sorted(set(seen))[:4] == pytest.approx([0.0, 0.05, 0.1, 0.15])
 
 
+def test_step_schedule_is_torchs_step_lr(digits):
+    """--schedule step (NAGO's search) against torch.optim.lr_scheduler.StepLR stepped once per epoch."""
+    protocol = T.Protocol(epochs=5, batch_size=48, schedule="step", lr_step=2, lr_gamma=0.5)
+    result = T.fit(model(), digits, protocol, options=T.RunOptions(log=quiet))
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.0125)  # 0.025 at 96 -> 48
+    reference = torch.optim.lr_scheduler.StepLR(optimizer, step_size=2, gamma=0.5)
+    expected = []
+    for _ in range(5):
+        optimizer.step()
+        reference.step()
+        expected.append(reference.get_last_lr()[0])
+    assert [row["lr"] for row in result["history"]] == pytest.approx(expected, abs=1e-12)
+
+
+def one_step(digits, clip):
+    """The weights after one kd_step at --grad-clip `clip` (a large rate, so that clipping binds)."""
+    net = model(seed=4)
+    run = T.setup(net, digits, T.Protocol(grad_clip=clip, lr=5.0), None, T.TAU, 0.0, T.RunOptions(workers=0))
+    x, y, _ = next(iter(D.batches(digits, digits.train, 64, train=False, workers=0)))
+    torch.manual_seed(0)  # dropout
+    T.kd_step(run, x, y, None)
+    return torch.cat([p.detach().flatten() for p in net.parameters()])
+
+
+def test_grad_clip_zero_does_not_clip(digits):
+    unclipped = one_step(digits, 0.0)
+    assert torch.equal(unclipped, one_step(digits, 1e12))        # a norm no gradient reaches
+    assert not torch.allclose(unclipped, one_step(digits, 1e-3))  # a norm that binds
+
+
+def test_a_checkpoint_from_before_a_setting_existed_reads_as_that_version_trained():
+    """train.as_now: a config without the schedule fields trained with the cosine; a student without
+    its stage rule and build options was even-staged, without auxiliary head or drop path."""
+    arch = {"theta": {}, "cells": [], "width": 4}
+    old = {"arch": "nago", "arch_options": {"arch": arch}, "lr": 0.025, "grad_clip": 5.0}
+    now = T.as_now(old)
+    assert (now["schedule"], now["lr_step"], now["lr_gamma"]) == ("cosine", 20, 0.5)
+    assert now["arch_options"] == {"arch": {**arch, "stages_rule": "even"}, "auxiliary": False, "drop_path_prob": 0.0}
+    given = {"arch": "nago", "schedule": "step", "arch_options": {"arch": {**arch, "stages_rule": "nago"},
+                                                                  "auxiliary": True, "drop_path_prob": 0.2}}
+    assert T.as_now(given) == {**T.BEFORE, **given}  # what a file says is kept
+    assert T.as_now({"arch": "darts", "arch_options": {"width": 8}})["arch_options"] == {"width": 8}
+
+
+def test_student_options_reach_the_model_and_the_checkpoint(digits, tmp_path):
+    """f_kd's `student`: the stage rule to generator.sample, the auxiliary head and drop path to
+    generator.build; all three in the checkpoint's arch_options, and a resume that changes one refused."""
+    theta = {"top_nodes": 4, "top_k": 2, "top_p": 0.5, "mid_nodes": 3, "mid_p": 0.5, "bottom_nodes": 3,
+             "bottom_k": 2, "bottom_p": 0.5}
+    student = {"max_params": 30000, "stages": "nago", "auxiliary": True, "drop_path_prob": 0.1}
+    data = dataclasses.replace(digits, train=D.TensorSplit(digits.train.x[:128], digits.train.y[:128]))
+    options = T.RunOptions(save=str(tmp_path / "s.pt"), resume=True, stop_after=1, log=quiet, workers=0)
+    protocol = T.Protocol(batch_size=64, bn_batches=1)
+    result, arch, net = T.f_kd(theta, 2, 0, data, None, protocol, options, student)
+    # NAGO's rule keeps 4 cells in one stage, so there is no third stage for the auxiliary head
+    assert arch["stages_rule"] == "nago" and [c["stage"] for c in arch["cells"]] == [0, 0, 0, 0]
+    assert net.auxiliary_head is None and result["config"]["drop_path_prob"] == pytest.approx(0.1)
+    saved = T.load_checkpoint(tmp_path / "s.pt")["config"]["arch_options"]
+    assert saved == {"arch": arch, "auxiliary": True, "drop_path_prob": 0.1}
+    with pytest.raises(files.CheckpointError, match="arch_options"):
+        T.f_kd(theta, 2, 0, data, None, protocol, options, {**student, "auxiliary": False})
+    even = dataclasses.replace(options, save=str(tmp_path / "even.pt"))
+    result, arch, net = T.f_kd(theta, 2, 0, data, None, protocol, even, {**student, "stages": "even"})
+    assert [c["stage"] for c in arch["cells"]] == [0, 0, 1, 2] and net.auxiliary_head is not None
+    assert result["epochs"] == 1 and T.load_checkpoint(even.save)["config"]["arch_options"]["auxiliary"]
+
+
 def test_training_learns_and_reports(digits):
     result = T.fit(model(), digits, T.Protocol(epochs=8, batch_size=32, lr=0.2), options=T.RunOptions(seed=0, log=quiet))
     assert not result["failed"] and result["error"] is None and result["epochs"] == 8
@@ -130,6 +197,8 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys):
     assert rc == 1 and "--save" in capsys.readouterr().err
     rc = T.main(["--arch", "darts", "--dataset", "digits", "--from-scratch", "--epochs", "1"])
     assert rc == 1 and "--from-scratch apply to --arch inception_resnet_v2" in capsys.readouterr().err
+    rc = T.main(["--arch", "darts", "--dataset", "digits", "--stages", "nago", "--epochs", "1"])
+    assert rc == 1 and "--stages sets how a --theta student" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -153,6 +222,11 @@ def test_cli_teacher_then_student_with_kd(tmp_path, capsys):
     summary = json.loads(out[-1])
     assert (summary["config"]["tau"], summary["config"]["alpha"]) == (2.0, 0.7)
     assert summary["config"]["teacher"] == str(teacher) and summary["profile"]["params"] <= 30000
+    assert summary["config"]["arch_options"]["arch"]["stages_rule"] == "even"
+    assert T.main(["--theta", str(theta), "--dataset", "digits", "--epochs", "1", "--max-params", "30000",
+                   "--batch-size", "550", "--alpha", "0", "--stages", "nago"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["config"]["arch_options"]["arch"][
+        "stages_rule"] == "nago"
     assert T.main(["--theta", str(theta), "--dataset", "digits", "--epochs", "1", "--max-params",
                    "30000"]) == 1  # alpha = 0.7 from the θ file needs a teacher
     assert "--teacher" in capsys.readouterr().err

@@ -87,6 +87,9 @@ class Space:
 # ------------------------------------------------------------------------------------------------
 # Hyperband brackets and successive halving (Alg. 1 lines 2-9)
 
+MAX_ITERATIONS = 1_000  # --iterations: Hyperband iterations (the paper's ~300 students take about 21)
+
+
 def bracket_plan(min_budget, max_budget, eta):
     """One Hyperband iteration: a list of brackets, each a list of rungs (n_configs, budget).
 
@@ -447,15 +450,15 @@ def main(argv=None):
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--demo", action="store_true", help="run BOHB on a toy multi-fidelity Branin")
     action.add_argument("--plan", action="store_true", help="print the brackets of one Hyperband iteration")
-    parser.add_argument("--min-budget", type=cli.positive_float, default=30,
+    parser.add_argument("--min-budget", type=cli.budget, default=30,
                         help="smallest budget (paper: 30 epochs)")
-    parser.add_argument("--max-budget", type=cli.positive_float, default=120,
+    parser.add_argument("--max-budget", type=cli.budget, default=120,
                         help="largest budget (paper: 120 epochs)")
     parser.add_argument("--eta", type=eta, default=2, help="successive-halving rate (paper: 2)")
-    parser.add_argument("--iterations", type=cli.positive_int, default=21,
+    parser.add_argument("--iterations", type=cli.whole(1, MAX_ITERATIONS), default=21,
                         help="demo: Hyperband iterations to run (paper: about 21, ~300 trainings)")
-    parser.add_argument("--workers", type=cli.positive_int, default=4, help="demo: evaluations in flight")
-    parser.add_argument("--seed", type=int, default=0, help="demo: seed of the optimiser")
+    parser.add_argument("--workers", type=cli.whole(1, 1024), default=4, help="demo: evaluations in flight")
+    parser.add_argument("--seed", type=cli.seed, default=0, help="demo: seed of the optimiser")
     parser.add_argument("--seconds-per-budget", type=cli.nonnegative_float, default=1e-3,
                         help="demo: sleep this long per unit of budget, to imitate training time")
     args = parser.parse_args(argv)

@@ -90,6 +90,7 @@ DIGITS_TEACHER = dict(width=8, layers=5, epochs=20)
 RESUME_KEYS = ("dataset", "data_dir", "no_kd", "teacher", "min_budget", "max_budget", "eta", "seed",
                "max_params", "max_nodes", "val_size", "protocol")
 STUDY = 1  # the study's seeds and draws are derived from (--seed, STUDY, ...), apart from BOHB's
+MAX_STUDY = 10_000  # --study: configurations, each trained at every budget
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -192,6 +193,9 @@ def check(s, args):
         generator.sample(largest, 0, preset.image_size, preset.num_classes, max_params=s.max_params)
     except ValueError as e:
         raise cli.UserError(f"the largest θ of the space does not fit --max-params: {e}") from None
+    if args.no_kd and args.teacher is not None:
+        raise cli.UserError("--no-kd searches θ with cross-entropy alone, so --teacher would go unused; drop one of "
+                            "them.")
     if not s.no_kd and s.teacher is None:
         arch = teachers.PAPER_TEACHER.get(s.dataset, "darts")
         raise cli.UserError(f"a KD search needs --teacher CKPT: train one with `python train.py --arch {arch} "
@@ -362,11 +366,19 @@ def run_study(workers, todo, path):
 
 def run(args):
     """Alg. 1: BOHB proposes (θ, τ, α) and a budget, a worker evaluates f_KD, until the plan is done;
-    then the study for Fig. 4. Re-run, it resumes from the logs; a finished search starts no worker."""
+    then the study for Fig. 4. Re-run, it resumes from the logs; a finished search starts no worker.
+    One search per folder: a second one started into it is refused (files.folder_lock)."""
     settings, out = resolve(args)
+    with files.folder_lock(out):
+        return run_in_folder(settings, out, args)
+
+
+def run_in_folder(settings, out, args):
+    """run() in its folder, which it holds: everything checked before the first file is written."""
     check_folder(settings, out)
     data = load_data(settings.dataset, settings.data_dir, "search", val_size=settings.val_size,
                      cache_dir=settings.cache_dir)  # once here: a wrong folder is one error, a cache made once
+    train.check_batch_size(settings.protocol.batch_size, data)
     settings = ready_teacher(settings, data, out, args.lessons)
     provenance = write_provenance(settings, out)
     search = bohb.BOHB(box(settings), settings.min_budget, settings.max_budget, settings.eta, settings.seed)
@@ -430,24 +442,24 @@ def parser():
     pool.add_flags(p)
     p.add_argument("--out", default=None, help="output folder (default runs/search-<dataset>[-nokd]); an existing "
                                                "one is resumed")
-    p.add_argument("--seed", type=int, default=0, help="seeds BOHB and every architecture sample")
-    p.add_argument("--min-budget", type=cli.positive_float, default=None,
+    p.add_argument("--seed", type=cli.seed, default=0, help="seeds BOHB and every architecture sample")
+    p.add_argument("--min-budget", type=cli.budget, default=None,
                    help="smallest budget in epochs (default: preset, 30)")
-    p.add_argument("--max-budget", type=cli.positive_float, default=None,
+    p.add_argument("--max-budget", type=cli.budget, default=None,
                    help="largest budget in epochs (default: preset, 120)")
     p.add_argument("--eta", type=bohb.eta, default=2, help="successive halving keeps the best 1/eta (Alg. 1)")
-    p.add_argument("--iterations", type=cli.positive_int, default=None,
+    p.add_argument("--iterations", type=cli.whole(1, bohb.MAX_ITERATIONS), default=None,
                    help="Hyperband iterations (default: preset; 21 train ~300 students, as in the paper)")
-    p.add_argument("--max-params", type=cli.positive_int, default=None,
+    p.add_argument("--max-params", type=cli.max_params, default=None,
                    help="student parameter limit, e.g. 4e6 (default: 4.0 M for 32 px, 6.0 M for 224 px, paper Sec. 4)")
-    p.add_argument("--max-nodes", type=cli.positive_int, default=None,
+    p.add_argument("--max-nodes", type=cli.whole(4, MAX_NODES), default=None,
                    help=f"most nodes per graph at every level, 4 to {MAX_NODES} (default: preset, else {MAX_NODES}, "
                         f"NAGO's); fewer make smaller, faster students")
-    p.add_argument("--study", type=cli.nonnegative_int, default=None,
+    p.add_argument("--study", type=cli.whole(0, MAX_STUDY), default=None,
                    help="after the search, train this many random configurations at every budget, for Fig. 4's "
                         "rank correlations (default: preset, else 0); BOHB does not see them")
-    p.add_argument("--val-size", type=cli.positive_int, default=None, help="hold-out images (default: 5,000 for CIFAR)")
-    p.add_argument("--batch-size", type=cli.positive_int, default=None, help="batch size (default: preset, 96)")
+    p.add_argument("--val-size", type=cli.images, default=None, help="hold-out images (default: 5,000 for CIFAR)")
+    p.add_argument("--batch-size", type=cli.images, default=None, help="batch size (default: preset, 96)")
     p.add_argument("--lr", type=cli.positive_float, default=None,
                    help="peak learning rate for batch 96, scaled linearly to --batch-size, cosine-decayed over the "
                         "budget (default: preset, 0.025)")

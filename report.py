@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
+import bohb
 from machinery import cli, files
 
 
@@ -87,12 +88,13 @@ def check_record(record, path, line):
 
 
 def read_records(path):
-    """The records of a results.jsonl or study.jsonl ([] if there is none), each checked. Only reads:
-    a line cut short by a running search is left alone."""
+    """The records of a results.jsonl or study.jsonl ([] if there is none), each checked, the last
+    attempt of each job only (a transient failure run again is one evaluation). Only reads: a line
+    cut short by a running search is left alone."""
     records, _ = files.read_jsonl(path)
     for line, record in enumerate(records, 1):
         check_record(record, path, line)
-    return records
+    return bohb.latest(records)
 
 
 @dataclass

@@ -28,8 +28,9 @@ the expected time left; it ends with the path of best.json.
     study.jsonl     with --study N: N configurations, each at every budget (same format; BOHB never
                     sees them; report.py's Fig. 4 does)
 
-Re-running the same command resumes: finished evaluations are read from the log, not run again; a
-finished search prints its result and changes nothing.
+Re-running the same command resumes: finished evaluations are read from the log, not run again (an
+evaluation that failed for a transient cause, bohb.failure_cause, runs once more); a finished search
+prints its result and changes nothing. One search per folder: a second one into it is refused.
 """
 import concurrent.futures as cf
 import dataclasses
@@ -263,13 +264,15 @@ class Progress:
         self.total = settings.iterations * bohb.plan_budget(search.plan)  # epochs in the whole search
         self.jobs = settings.iterations * sum(n for bracket in search.plan for n, _ in bracket)
         self.start, self.images_now = time.time(), 0
-        self.records, _ = files.read_jsonl(out / "results.jsonl")
+        self.records = {bohb.job_key(r): r for r in files.read_jsonl(out / "results.jsonl")[0]}  # last attempts
         best = out / "best.json"
         self.best = json.loads(best.read_text()) if best.is_file() else None
         print(f"plan per Hyperband iteration: {bohb.format_plan(search.plan)}; {settings.iterations} iteration(s)")
         print(self.cost(), flush=True)
         if self.records:
-            print(f"resuming {out / 'results.jsonl'}: {len(self.records)} evaluations already done")
+            again = sum(bohb.retry(r) is not None for r in self.records.values())
+            print(f"resuming {out / 'results.jsonl'}: {len(self.records)} evaluations already done"
+                  + (f"; {again} that failed for a transient cause run once more" if again else ""))
 
     def cost(self):
         images = self.total * self.train_size
@@ -279,7 +282,7 @@ class Progress:
 
     def update_best(self):
         """Write best.json if the incumbent differs from the one on disk; True if it did."""
-        best = best_record(self.search, self.records)
+        best = best_record(self.search, self.records.values())
         if best is None or (self.best is not None and {k: self.best.get(k) for k in best} == best):
             return False
         self.best = {**best, **self.provenance}
@@ -287,11 +290,12 @@ class Progress:
         return True
 
     def __call__(self, record):
-        self.records.append(record)
+        self.records[bohb.job_key(record)] = record
         self.images_now += record["info"].get("images", record["budget"] * self.train_size)
         elapsed = time.time() - self.start
         rate = self.images_now / elapsed  # all workers together, capture and lessons included
-        left = max(0.0, self.total * self.train_size - sum(r["budget"] for r in self.records) * self.train_size)
+        done = sum(r["budget"] for r in self.records.values())
+        left = max(0.0, (self.total - done) * self.train_size)
         print(f"[{len(self.records):3d}/{self.jobs}] iter {record['iteration']} bracket {record['bracket']} "
               f"rung {record['rung']}  {record['budget']:g} ep  {outcome(record)}  {record['info'].get('wall_s', 0):.0f} s  "
               f"| {rate:,.0f} img/s, eta {cli.hms(left / rate if rate else None)}", flush=True)
@@ -301,9 +305,13 @@ class Progress:
 
 
 def outcome(record):
-    """'acc 93.1 %', or 'FAILED' and the last line of the error, for a progress line."""
+    """'acc 93.1 %', or 'FAILED', '(transient)' where a resume runs it again, and the last line of the
+    error, for a progress line."""
     accuracy = record["info"].get("accuracy")
-    return f"acc {100 * accuracy:5.1f} %" if accuracy is not None else "FAILED " + record["error"].strip().splitlines()[-1]
+    if accuracy is not None:
+        return f"acc {100 * accuracy:5.1f} %"
+    transient = " (transient)" if record.get("cause") == "transient" else ""
+    return f"FAILED{transient} " + record["error"].strip().splitlines()[-1]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -331,9 +339,16 @@ def study_jobs(settings, budgets):
 
 
 def study_left(jobs, path):
-    """The study's jobs that its log (study.jsonl, in bohb.py's record format) does not hold yet."""
-    done = {(r["index"], r["rung"]) for r in files.read_jsonl(path)[0]}
-    return [job for job in jobs if (job["index"], job["rung"]) not in done]
+    """The study's jobs that its log (study.jsonl, in bohb.py's record format) does not hold yet, and
+    those whose last attempt failed for a transient cause, as their next attempt (bohb.retry)."""
+    last = {bohb.job_key(r): r for r in files.read_jsonl(path)[0]}
+    left = []
+    for job in jobs:
+        record = last.get(bohb.job_key(job))
+        again = job if record is None else bohb.retry(record)
+        if again is not None:
+            left.append(again)
+    return left
 
 
 def budgets(plan):
@@ -353,8 +368,8 @@ def run_study(workers, todo, path):
         futures = {workers.submit(bohb.run_job, with_worker(objective), job): job for job in todo}
         for future in cf.as_completed(futures):
             error = future.exception()  # the worker itself failed (run_job never raises)
-            record = future.result() if error is None else bohb.make_record(futures[future], None, None,
-                                                                              cli.describe(error), {})
+            record = future.result() if error is None else bohb.make_record(
+                futures[future], None, None, cli.describe(error), {}, bohb.failure_cause(error))
             files.append_jsonl(log, record, default=bohb.to_json)
             records.append(record)
             print(f"[study {len(records):3d}] configuration {record['index']}  {record['budget']:g} ep  "

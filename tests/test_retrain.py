@@ -1,6 +1,7 @@
 """retrain.py's table (Table 1: k architectures x runs each) against hand computations, read from a
 hand-written results file: the command finds every run finished and only prints and summarises."""
 
+import concurrent.futures as cf
 import json
 import os
 import subprocess
@@ -93,3 +94,22 @@ def test_one_architecture_says_the_spread_across_architectures_was_not_measured(
     import report  # its Table 1 reads the same statistics from summary.json
     report.print_tables([], [({**stats, "students": [{"params": 1e6, "memory_mb": 0.5}]}, "one")])
     assert "one" in capsys.readouterr().out
+
+
+def test_a_failed_student_is_not_logged_so_the_next_run_trains_it_again(tmp_path, capsys):
+    """retrain.py logs finished students only: a student whose worker failed, for any cause, is left
+    out of results.jsonl, and run() trains every (seed, run) the log lacks."""
+    class Pool(cf.ThreadPoolExecutor):
+        def submit(self, fn, index, seed, repeat):
+            future = cf.Future()
+            if index == 1:
+                future.set_exception(MemoryError("lost"))
+            else:
+                future.set_result({"index": index, "seed": seed, "run": repeat, "accuracy": 0.9})
+            return future
+
+    log, rows = tmp_path / "results.jsonl", []
+    with Pool(1) as pool:
+        failures = R.train_all(pool, [(0, 0, 0), (1, 1, 0), (2, 2, 0)], rows, log, 0)
+    assert len(failures) == 1 and "student (1, 1, 0): lost" in failures[0]
+    assert sorted(json.loads(line)["index"] for line in log.read_text().splitlines()) == [0, 2]

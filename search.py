@@ -440,8 +440,13 @@ def start_workers(settings, out):
 def finish(progress, out):
     """best.json brought up to date, and the result and the next command printed."""
     progress.update_best()
+    again = sum(bohb.retry(r) is not None for r in progress.records.values())
     if progress.best is None:
-        raise cli.UserError(f"no evaluation succeeded; read the errors in {out / 'results.jsonl'}.")
+        retry = f"; {again} failed for a transient cause: run the same command again to retry them once" if again else ""
+        raise cli.UserError(f"no evaluation succeeded{retry}; read the errors in {out / 'results.jsonl'}.")
+    if again:
+        print(f"{again} evaluation(s) failed for a transient cause (out of memory, a lost worker): run the same "
+              f"command again to retry them once", flush=True)
     print(f"best: {100 * progress.best['accuracy']:.1f} % at {progress.best['budget']:g} epochs -> {out / 'best.json'}")
     print(f"next: python retrain.py --theta {out / 'best.json'}")
     return out / "best.json"

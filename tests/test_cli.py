@@ -392,6 +392,42 @@ def test_a_second_run_into_a_held_folder_is_refused_until_the_holder_dies(tmp_pa
     assert (out / "best.json").is_file() and not (out / ".lock").exists()
 
 
+def workers_of(pid):
+    """The live worker processes (multiprocessing spawn_main, not its resource tracker) of parent `pid`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z" and b"spawn_main" in command:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+def test_an_evaluation_whose_worker_was_killed_is_retried_once_on_resume(tmp_path):
+    """kill -9 of the worker training the search's one student: the evaluation is logged as a
+    transient failure, the search says to run it again, and the re-run trains it (attempt 2)."""
+    out = tmp_path / "search"
+    proc = subprocess.Popen([sys.executable, "search.py", *ONE, "--iterations", "1", "--out", str(out)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not workers_of(proc.pid):
+        time.sleep(0.1)
+    for pid in workers_of(proc.pid):
+        os.kill(pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "1 failed for a transient cause: run the same command again" in err, err
+    again = cli("search.py", *ONE, "--iterations", "1", "--out", str(out))
+    assert again.returncode == 0, again.stderr
+    assert "1 that failed for a transient cause run once more" in again.stdout
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["attempt"], r["cause"], r["loss"] is None) for r in lines] == [(1, "transient", True), (2, None, False)]
+    assert "WorkerDied" in lines[0]["error"]
+
+
 @pytest.mark.slow
 def test_a_torn_last_line_of_retrain_results_is_run_again(tmp_path, files):
     """A kill in the middle of appending to retrain's results.jsonl: the resume drops the torn line,

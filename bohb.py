@@ -8,13 +8,15 @@ scipy. It optimises any function of (config, budget); search.py gives it the NAG
 Read top to bottom: search space -> brackets (Alg. 1 lines 2-9) -> kernel density model (Falkner et
 al. Alg. 2) -> ask/tell -> the parallel driver and its log -> demo. The log holds one JSON object per
 finished evaluation (make_record), appended and fsync'd before the next proposal: job (iteration,
-bracket, rung, index, budget, config, origin), loss (null for a failure: +inf), error, info (what the
-objective returned), started, finished. Running again on the same log resumes.
+bracket, rung, index, budget, config, origin), loss (null for a failure: +inf), error, cause
+(transient or deterministic: failure_cause), attempt (2: a transient failure run again on resume),
+info (what the objective returned), started, finished. Running again on the same log resumes.
 """
 import argparse
 import concurrent.futures as cf
 import functools
 import math
+import re
 import sys
 import time
 import traceback
@@ -75,6 +77,7 @@ class Space:
 
 MAX_EVALUATIONS = 10_000  # trainings in one Hyperband iteration: budgets 1 -> 2,048 with eta = 2 make 9,127;
 # a ratio of 1e12 would start its first bracket from 2^39 configurations, more than memory holds
+MAX_ITERATIONS = 1_000  # --iterations: Hyperband iterations (the paper's ~300 students take about 21)
 
 
 def bracket_plan(min_budget, max_budget, eta):
@@ -311,7 +314,7 @@ class BOHB:
         logged = {job_key(r): r for r in records}
         while (job := self.ask(n_iterations)) is not None:
             record = logged.pop(job_key(job), None)
-            if record is None:
+            if record is None or retry(record) is not None:
                 return False
             self.tell_logged(record, job, log_path)
         return True
@@ -348,9 +351,10 @@ class BOHB:
         evaluations in flight on a concurrent.futures executor (default: its pool size); returns the
         history. objective(config, budget, job) -> {"loss": float, ...} runs in the workers (a
         module-level function for a process pool). on_result(record) is called after each new record is
-        logged. With an existing log_path the search resumes: logged jobs are told, not run again, and
-        with one worker the resumed search is the uninterrupted one. A failed future is logged as a
-        failure; a pool that refuses new work (a broken process pool) stops the run: run it again."""
+        logged. With an existing log_path the search resumes: logged jobs are told, not run again (but
+        for a transient failure, run once more: retry), and with one worker the resumed search is the
+        uninterrupted one. A failed future is logged as a failure; a pool that refuses new work (a
+        broken process pool) stops the run: run it again."""
         records, whole = schema.read_jsonl(log_path, "bohb record") if log_path else ([], 0)
         logged = {job_key(r): r for r in records}
         n_workers = n_workers or getattr(executor, "_max_workers", 1)  # both stdlib pools set it
@@ -361,6 +365,12 @@ class BOHB:
                 refusal = None  # set when the pool takes no more work (a broken process pool)
                 while refusal is None and len(running) < n_workers and (job := self.ask(n_iterations)) is not None:
                     record = logged.pop(job_key(job), None)
+                    if record is not None and (record["budget"] != job["budget"]
+                                               or set(record["config"]) != set(self.space.names)):
+                        raise ValueError(f"{log_path} was written by a search with other budgets or another "
+                                         "space: resume with the same settings, or give a new log path.")
+                    if record is not None and (again := retry(record)) is not None:
+                        job, record = again, None  # the logged config and origin, as its next attempt
                     if record is None:
                         try:
                             running[executor.submit(run_job, objective, job)] = job
@@ -376,7 +386,7 @@ class BOHB:
                     job = running.pop(future)
                     error = future.exception()  # the worker itself failed (run_job never raises)
                     record = future.result() if error is None else make_record(
-                        job, None, None, "".join(traceback.format_exception(error)), {})
+                        job, None, None, "".join(traceback.format_exception(error)), {}, failure_cause(error))
                     if log:
                         files.append_jsonl(log, record, default=to_json)
                     self.tell(record)
@@ -393,8 +403,67 @@ def job_key(job):
     return job["iteration"], job["bracket"], job["rung"], job["index"]
 
 
-def make_record(job, started, loss, error, info):
-    return {**job, "loss": loss, "error": error, "info": info, "started": started, "finished": time.time()}
+def make_record(job, started, loss, error, info, cause=None):
+    """A log line: the job, its result (loss and info, or the error and its cause) and its attempt."""
+    return {**job, "loss": loss, "error": error, "cause": cause, "attempt": job.get("attempt", 1), "info": info,
+            "started": started, "finished": time.time()}
+
+
+def latest(records):
+    """The last record of each job (a retried job's last attempt is the one that counts), in log order."""
+    return list({(*job_key(r), r["budget"]): r for r in records}.values())
+
+
+# ------------------------------------------------------------------------------------------------
+# Failures: transient ones are run once more when the search resumes
+
+ATTEMPTS = 2  # a transient failure is run again once (Ray Tune's resume_errored); then it is final
+# A failure is transient when its exception (or one it was raised from) is of a type named here,
+# anywhere in its class hierarchy, or its message matches the pattern. These are failures of the
+# machine rather than of the configuration: memory that other processes held, a worker or node lost.
+TRANSIENT_TYPES = (
+    "MemoryError",          # the host's memory ran out (a cgroup, ulimit -v)
+    "OutOfMemoryError",     # torch.cuda.OutOfMemoryError; ray.exceptions.OutOfMemoryError
+    "WorkerDied",           # machinery.executor: a worker process killed or crashed, its evaluations lost
+    "BrokenProcessPool",    # concurrent.futures: a process of the pool was killed
+    "RayActorError", "ActorDiedError", "NodeDiedError", "WorkerCrashedError", "ObjectLostError",  # Ray
+)
+TRANSIENT_MESSAGES = re.compile(
+    r"out of memory"                  # CUDA's RuntimeError ("CUDA error: out of memory") and its allocator's
+    r"|not enough memory"             # PyTorch's CPU allocator ("DefaultCPUAllocator: not enough memory")
+    r"|cannot allocate memory"        # ENOMEM
+    r"|\bMemoryError\b"               # a MemoryError reported as text (machinery.executor.RemoteError)
+    r"|\b(?:worker|actor|node|process)\b.*\b(?:died|killed)\b"  # a lost worker reported as text
+    r"|killed by signal",             # a DataLoader worker killed
+    re.IGNORECASE)
+
+
+def failure_cause(error):
+    """"transient" if `error` is a failure of the machine (TRANSIENT_TYPES, TRANSIENT_MESSAGES), which
+    a later run may not meet; else "deterministic": a diverging loss (train.fit's "the training loss
+    became nan"), an invalid configuration, any other exception, which would fail again."""
+    seen = set()
+    while error is not None and id(error) not in seen:  # the error and those it was raised from
+        seen.add(id(error))
+        names = {cls.__name__ for cls in type(error).__mro__}
+        if names & set(TRANSIENT_TYPES) or TRANSIENT_MESSAGES.search(str(error)):
+            return "transient"
+        error = error.__cause__ or error.__context__
+    return "deterministic"
+
+
+def retry(record):
+    """The job of a logged record to run again on resume, as its next attempt, or None: a failure
+    whose cause was transient, not yet retried.
+
+    Interpretation: the retried result takes the failure's place in its rung, so it may change which
+    configurations the rung promotes; a record of the earlier promotion that no longer applies stays
+    in the log, unused. The alternative, keeping the promotion of the failed run, would rank a
+    configuration by a loss it never had."""
+    if record["loss"] is not None or record.get("cause") != "transient" or record.get("attempt", 1) >= ATTEMPTS:
+        return None
+    result = ("loss", "error", "cause", "attempt", "info", "started", "finished")
+    return {**{k: v for k, v in record.items() if k not in result}, "attempt": record.get("attempt", 1) + 1}
 
 
 def to_json(value):
@@ -404,16 +473,17 @@ def to_json(value):
 
 def run_job(objective, job):
     """Alg. 1 line 7 for one config: run the objective in a worker and return the log record. It never
-    raises, so a failed or non-finite evaluation becomes loss None (+inf) with its error text and the
-    search goes on."""
+    raises, so a failed or non-finite evaluation becomes loss None (+inf) with its error text and its
+    cause (a non-finite loss is deterministic), and the search goes on."""
     started = time.time()
     try:
         info = dict(objective(job["config"], job["budget"], job))
         loss = float(info.pop("loss"))
         error = None if math.isfinite(loss) else f"the objective returned a non-finite loss ({loss})"
-    except Exception:
-        info, loss, error = {}, None, traceback.format_exc()
-    return make_record(job, started, loss if error is None else None, error, info)
+        cause = None if error is None else "deterministic"
+    except Exception as e:
+        info, loss, error, cause = {}, None, traceback.format_exc(), failure_cause(e)
+    return make_record(job, started, loss if error is None else None, error, info, cause)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -499,15 +569,15 @@ def main(argv=None):
     action.add_argument("--demo", action="store_true", help="run BOHB on a toy multi-fidelity Branin")
     action.add_argument("--plan", action="store_true",
                         help="print the brackets of one Hyperband iteration in whole epochs, as search.py runs them")
-    parser.add_argument("--min-budget", type=cli.positive_float, default=30,
+    parser.add_argument("--min-budget", type=cli.budget, default=30,
                         help="smallest budget (paper: 30 epochs)")
-    parser.add_argument("--max-budget", type=cli.positive_float, default=120,
+    parser.add_argument("--max-budget", type=cli.budget, default=120,
                         help="largest budget (paper: 120 epochs)")
     parser.add_argument("--eta", type=eta, default=2, help="successive-halving rate (paper: 2)")
-    parser.add_argument("--iterations", type=cli.positive_int, default=21,
+    parser.add_argument("--iterations", type=cli.whole(1, MAX_ITERATIONS), default=21,
                         help="demo: Hyperband iterations to run (paper: about 21, ~300 trainings)")
-    parser.add_argument("--workers", type=cli.positive_int, default=4, help="demo: evaluations in flight")
-    parser.add_argument("--seed", type=int, default=0, help="demo: seed of the optimiser")
+    parser.add_argument("--workers", type=cli.whole(1, 1024), default=4, help="demo: evaluations in flight")
+    parser.add_argument("--seed", type=cli.seed, default=0, help="demo: seed of the optimiser")
     parser.add_argument("--seconds-per-budget", type=cli.nonnegative_float, default=1e-3,
                         help="demo: sleep this long per unit of budget, to imitate training time")
     args = parser.parse_args(argv)

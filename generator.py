@@ -518,11 +518,11 @@ def main(argv=None):
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--theta", help="θ as inline JSON or a JSON file (a best.json from search.py works too)")
     source.add_argument("--arch", help="an architecture JSON written by --save, to summarise or draw again")
-    parser.add_argument("--seed", type=int, default=0, help="architecture seed: (θ, seed) fixes the network")
-    parser.add_argument("--image-size", type=cli.positive_int, default=32,
+    parser.add_argument("--seed", type=cli.seed, default=0, help="architecture seed: (θ, seed) fixes the network")
+    parser.add_argument("--image-size", type=cli.whole(1, 1024), default=32,
                         help="input resolution (32 for CIFAR, 224 for MIT67)")
-    parser.add_argument("--num-classes", type=cli.positive_int, default=10, help="classes of the data set")
-    parser.add_argument("--max-params", type=cli.positive_int, default=None,
+    parser.add_argument("--num-classes", type=cli.whole(1, 100_000), default=10, help="classes of the data set")
+    parser.add_argument("--max-params", type=cli.max_params, default=None,
                         help="parameter limit (default: 4.0e6 below 40 px, 6.0e6 above, paper Sec. 4)")
     parser.add_argument("--stages", choices=STAGE_RULES, default=None,
                         help="how the cells are split into stages: even (default; three stages of as near "

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
+import bohb
 from machinery import cli, files, schema
 
 
@@ -36,9 +37,10 @@ COLORS = ("C0", "C1")
 # Reading the logs
 
 def read_records(path):
-    """The records of a results.jsonl or study.jsonl, each checked. Only reads: a line cut short by a
-    running search is left alone."""
-    return schema.read_jsonl(path, "search record")[0]
+    """The records of a results.jsonl or study.jsonl ([] if there is none), each checked, the last
+    attempt of each job only (a transient failure run again is one evaluation). Only reads: a line
+    cut short by a running search is left alone."""
+    return bohb.latest(schema.read_jsonl(path, "search record")[0])
 
 
 @dataclass

@@ -9,8 +9,8 @@ protocol with cutout, on the whole training set), and report their test accuracy
 
 Prints and writes (table.txt, summary.json) per architecture its seed, accuracy mean ± std over its
 runs, parameters, MACs and memory per sample; the mean over architectures with the spreads across
-architectures and across runs; the teacher's figures. Re-running resumes (results.jsonl, checkpoints);
-a larger --k or --runs adds students.
+architectures and across runs; the teacher's figures. Re-running resumes (results.jsonl, checkpoints)
+and trains again the students that failed; a larger --k or --runs adds students.
 """
 import concurrent.futures as cf
 import dataclasses
@@ -22,8 +22,10 @@ from pathlib import Path
 import numpy as np
 
 import generator
+import teachers
 import train
 from data import DATASETS, load_data
+from kd_loss import SPACE as KD_SPACE
 from machinery import cli, files, pool, schema
 from machinery.executor import with_worker
 from teachers import lessons
@@ -32,6 +34,7 @@ from teachers import lessons
 # that fits the offline demo into minutes on a 2-core CPU.
 PAPER = dict(k=8, runs=5, epochs=train.Protocol.epochs)
 RETRAIN_PRESETS = {"digits": dict(k=4, runs=1, epochs=15)}
+MAX_K, MAX_RUNS = 1_000, 100  # --k architectures, --runs each: the paper's 8 and 5, with room to spare
 RETRAIN_PROTOCOL = train.Protocol()  # DARTS's, with cutout for CIFAR (data.PRESETS)
 # Settings a resumed retraining must share with the folder it continues (k and runs may grow).
 RESUME_KEYS = ("dataset", "data_dir", "config", "no_kd", "teacher", "epochs", "seed", "max_params", "stages",
@@ -144,16 +147,20 @@ def resolve(args):
     best = read_best(args.theta)
     dataset = best["dataset"]
     preset = {**PAPER, **RETRAIN_PRESETS.get(dataset, {})}
-    no_kd = args.no_kd or best.get("no_kd", False)
+    no_kd = without_kd(args, best)
     teacher = files.absolute(args.teacher or best.get("teacher"))
     if not no_kd and (teacher is None or not Path(teacher).is_file()):
         raise cli.UserError(f"teacher checkpoint {teacher} not found; give --teacher CKPT (or --no-kd).")
+    k = args.k or preset["k"]
+    if args.seed + k - 1 > cli.MAX_SEED:
+        raise cli.UserError(f"--seed {args.seed} with --k {k} makes architecture seeds up to {args.seed + k - 1:,}, "
+                            f"beyond {cli.MAX_SEED:,}; give --seed {cli.MAX_SEED - k + 1:,} or less.")
     search = best.get("settings", {})  # the search's data folder, parameter limit and stage rule
     out = Path(args.out or Path(args.theta).parent.parent / f"retrain-{dataset}{'-nokd' if no_kd else ''}")
     return Settings(
         dataset=dataset, data_dir=files.absolute(args.data_dir) or search.get("data_dir"),
         cache_dir=search.get("cache_dir"), config=best["config"], no_kd=no_kd, teacher=None if no_kd else teacher,
-        k=args.k or preset["k"], runs=args.runs or preset["runs"], epochs=args.epochs or preset["epochs"],
+        k=k, runs=args.runs or preset["runs"], epochs=args.epochs or preset["epochs"],
         seed=args.seed, max_params=search.get("max_params"), out=files.absolute(out),
         stages=args.stages or search.get("stages", "even"), auxiliary=args.auxiliary, drop_path_prob=args.drop_path_prob,
         protocol=RETRAIN_PROTOCOL.replace(eval_every=args.eval_every, capture=args.capture,
@@ -162,13 +169,38 @@ def resolve(args):
         slots=pool.slots(args.gpus, args.workers, args.workers_per_gpu, args.ray)), best
 
 
+def without_kd(args, best):
+    """Whether the students train without KD: with --no-kd, or as the search did (a --no-kd
+    best.json). A flag is never ignored: --teacher with --no-kd, or with a θ that has no τ and α
+    to distil with, is refused."""
+    if args.no_kd and args.teacher is not None:
+        raise cli.UserError("--no-kd trains the students with cross-entropy alone, so --teacher would go unused; "
+                            "drop one of them.")
+    if args.no_kd or set(KD_SPACE) <= set(best["config"]):
+        return args.no_kd
+    if args.teacher is not None or not best.get("no_kd", False):
+        origin = "comes from a --no-kd search" if best.get("no_kd", False) else "has no τ and α"
+        raise cli.UserError(f"--theta {args.theta} {origin}: its θ has no KD temperature and weight (τ, α) to "
+                            f"distil with; retrain without KD (drop --teacher, or pass --no-kd), or give the best.json "
+                            f"of a KD search.")
+    return True
+
+
 def run(args):
     """Alg. 1 line 13: k students of G(θ*), each trained `runs` times for the final epochs with KD
-    (τ*, α*), in the workers; then Table 1's row. Re-run, it resumes from results.jsonl and checkpoints."""
+    (τ*, α*), in the workers; then Table 1's row. Re-run, it resumes from results.jsonl and checkpoints
+    (a student that failed is not logged, so it trains again). One retraining per folder at a time."""
     settings, best = resolve(args)
-    out = Path(settings.out)
+    with files.folder_lock(settings.out):
+        return run_in_folder(settings, best, Path(settings.out), args)
+
+
+def run_in_folder(settings, best, out, args):
+    """run() in its folder, which it holds: best.json, the data and the teacher checked here, in
+    this process, before the first file is written (as search.py does)."""
     check_folder(settings, out)
-    settings = ready_lessons(settings, out, args.lessons)
+    data = load_data(settings.dataset, settings.data_dir, "final", cache_dir=settings.cache_dir)
+    settings = ready_teacher(settings, data, out, args.lessons)
     if not (out / "retrain.json").is_file():
         files.write_json(out / "retrain.json", {"settings": settings.to_json(), "best": files.absolute(args.theta),
                                                 "versions": files.versions()})
@@ -199,11 +231,12 @@ def check_folder(settings, out):
     files.check_writable(saved, "--out")
 
 
-def ready_lessons(settings, out, lessons_flag):
-    """The settings with where the teacher's lessons go (out/lessons.pt), or why they are computed live."""
+def ready_teacher(settings, data, out, lessons_flag):
+    """The settings with the teacher checked (loaded once here: a wrong teacher is one error now, not
+    one per worker) and where its lessons go (out/lessons.pt), or why they are computed live."""
     if settings.no_kd:
         return settings
-    data = load_data(settings.dataset, settings.data_dir, "final", cache_dir=settings.cache_dir)
+    teachers.load(settings.teacher, settings.dataset, data.num_classes)
     cutout = RETRAIN_PROTOCOL.cutout if RETRAIN_PROTOCOL.cutout is not None else data.preset.cutout
     reason = lessons.why_live(data, cutout) if lessons_flag == "auto" else "--lessons off"
     if reason is not None:
@@ -264,11 +297,11 @@ def parser():
     p = cli.Parser(description=__doc__.split("\n\n")[0])
     p.add_argument("--theta", required=True,
                    help="best.json written by search.py (after --repeats N: OUT/best.json, the best of the N searches)")
-    p.add_argument("--k", type=cli.positive_int, default=None,
+    p.add_argument("--k", type=cli.whole(1, MAX_K), default=None,
                    help="architectures to sample from G(θ*) (default 8; digits 4)")
-    p.add_argument("--runs", type=cli.positive_int, default=None,
+    p.add_argument("--runs", type=cli.whole(1, MAX_RUNS), default=None,
                    help="training runs per architecture (default 5, Table 1; digits 1)")
-    p.add_argument("--epochs", type=cli.positive_int, default=None, help="training epochs (default 600; digits 15)")
+    p.add_argument("--epochs", type=cli.epochs, default=None, help="training epochs (default 600; digits 15)")
     p.add_argument("--no-kd", action="store_true", help="train the same architectures with cross-entropy only")
     train.add_stages_flag(p, "the search's (best.json), else even")
     p.add_argument("--auxiliary", action="store_true",
@@ -280,8 +313,8 @@ def parser():
     p.add_argument("--teacher", default=None, help="teacher checkpoint (default: the one of the search)")
     p.add_argument("--data-dir", default=None, help="data folder (default: the search's)")
     pool.add_flags(p)
-    p.add_argument("--seed", type=int, default=0, help="student i uses architecture seed --seed + i")
-    p.add_argument("--eval-every", type=cli.positive_int, default=10,
+    p.add_argument("--seed", type=cli.seed, default=0, help="student i uses architecture seed --seed + i")
+    p.add_argument("--eval-every", type=cli.epochs, default=10,
                    help="score on the test set every N epochs and at the end")
     p.add_argument("--out", default=None, help="output folder (default: retrain-<dataset>[-nokd] beside the search)")
     p.add_argument("--lessons", default="auto", choices=("auto", "off"),

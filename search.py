@@ -11,7 +11,8 @@ Writes search.json (settings), teacher.json, lessons.pt, results.jsonl (every ev
 best.json (θ*, τ*, α*, for retrain.py) and, with --study N, study.jsonl (N configurations at every
 budget, for Fig. 4). Prints the plan's cost, the teacher's accuracy, then one line per evaluation
 with the throughput and time left. --repeats N writes N such folders, repeat-I/ (seed --seed + I).
-Re-running resumes; a finished search changes nothing.
+Re-running resumes (an evaluation that failed for a transient cause runs once more); a finished
+search changes nothing. One search per folder: a second one into it is refused.
 """
 import concurrent.futures as cf
 import dataclasses
@@ -88,6 +89,7 @@ RESUME_KEYS = ("dataset", "data_dir", "no_kd", "teacher", "min_budget", "max_bud
 # What a search.json written before a setting existed means by its absence.
 BEFORE = {"stages": "even", "search_protocol": "darts"}
 STUDY = 1  # the study's seeds and draws are derived from (--seed, STUDY, ...), apart from BOHB's
+MAX_STUDY = 10_000  # --study: configurations, each trained at every budget
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -189,6 +191,9 @@ def check(s, args):
         generator.sample(largest, 0, preset.image_size, preset.num_classes, max_params=s.max_params, stages=s.stages)
     except ValueError as e:
         raise cli.UserError(f"the largest θ of the space does not fit --max-params: {e}") from None
+    if args.no_kd and args.teacher is not None:
+        raise cli.UserError("--no-kd searches θ with cross-entropy alone, so --teacher would go unused; drop one of "
+                            "them.")
     if not s.no_kd and s.teacher is None:
         arch = teachers.PAPER_TEACHER.get(s.dataset, "darts")
         raise cli.UserError(f"a KD search needs --teacher CKPT: train one with `python train.py --arch {arch} "
@@ -256,7 +261,7 @@ class Progress:
         self.total = settings.iterations * bohb.plan_budget(search.plan)  # epochs in the whole search
         self.jobs = settings.iterations * sum(n for bracket in search.plan for n, _ in bracket)
         self.start, self.images_now = time.time(), 0
-        self.records, _ = schema.read_jsonl(out / "results.jsonl", "search record")
+        self.records = {bohb.job_key(r): r for r in schema.read_jsonl(out / "results.jsonl", "search record")[0]}
         best = out / "best.json"  # derived from the log; what run() prints of it is required
         self.best = None if not best.is_file() else schema.read_json(
             best, "best.json", fix="delete it: search.py writes it again from results.jsonl",
@@ -264,7 +269,9 @@ class Progress:
         print(f"plan per Hyperband iteration: {bohb.format_plan(search.plan)}; {settings.iterations} iteration(s)")
         print(self.cost(), flush=True)
         if self.records:
-            print(f"resuming {out / 'results.jsonl'}: {len(self.records)} evaluations already done")
+            again = sum(bohb.retry(r) is not None for r in self.records.values())
+            print(f"resuming {out / 'results.jsonl'}: {len(self.records)} evaluations already done"
+                  + (f"; {again} that failed for a transient cause run once more" if again else ""))
 
     def cost(self):
         images = self.total * self.train_size
@@ -274,7 +281,7 @@ class Progress:
 
     def update_best(self):
         """Write best.json if the incumbent differs from the one on disk; True if it did."""
-        best = best_record(self.search, self.records)
+        best = best_record(self.search, self.records.values())
         if best is None or (self.best is not None and {k: self.best.get(k) for k in best} == best):
             return False
         self.best = {**best, **self.provenance}
@@ -282,11 +289,12 @@ class Progress:
         return True
 
     def __call__(self, record):
-        self.records.append(record)
+        self.records[bohb.job_key(record)] = record
         self.images_now += record["info"].get("images", record["budget"] * self.train_size)
         elapsed = time.time() - self.start
         rate = self.images_now / elapsed  # all workers together, capture and lessons included
-        left = max(0.0, self.total * self.train_size - sum(r["budget"] for r in self.records) * self.train_size)
+        done = sum(r["budget"] for r in self.records.values())
+        left = max(0.0, (self.total - done) * self.train_size)
         print(f"[{len(self.records):3d}/{self.jobs}] iter {record['iteration']} bracket {record['bracket']} "
               f"rung {record['rung']}  {record['budget']:g} ep  {outcome(record)}  {record['info'].get('wall_s', 0):.0f} s  "
               f"| {rate:,.0f} img/s, eta {cli.hms(left / rate if rate else None)}", flush=True)
@@ -296,9 +304,13 @@ class Progress:
 
 
 def outcome(record):
-    """'acc 93.1 %', or 'FAILED' and the last line of the error, for a progress line."""
+    """'acc 93.1 %', or 'FAILED', '(transient)' where a resume runs it again, and the last line of the
+    error, for a progress line."""
     accuracy = record["info"].get("accuracy")
-    return f"acc {100 * accuracy:5.1f} %" if accuracy is not None else "FAILED " + record["error"].strip().splitlines()[-1]
+    if accuracy is not None:
+        return f"acc {100 * accuracy:5.1f} %"
+    transient = " (transient)" if record.get("cause") == "transient" else ""
+    return f"FAILED{transient} " + record["error"].strip().splitlines()[-1]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -326,9 +338,16 @@ def study_jobs(settings, budgets):
 
 
 def study_left(jobs, path):
-    """The study's jobs that its log (study.jsonl, in bohb.py's record format) does not hold yet."""
-    done = {(r["index"], r["rung"]) for r in schema.read_jsonl(path, "search record")[0]}
-    return [job for job in jobs if (job["index"], job["rung"]) not in done]
+    """The study's jobs that its log (study.jsonl, in bohb.py's record format) does not hold yet, and
+    those whose last attempt failed for a transient cause, as their next attempt (bohb.retry)."""
+    last = {bohb.job_key(r): r for r in schema.read_jsonl(path, "search record")[0]}
+    left = []
+    for job in jobs:
+        record = last.get(bohb.job_key(job))
+        again = job if record is None else bohb.retry(record)
+        if again is not None:
+            left.append(again)
+    return left
 
 
 def budgets(plan):
@@ -348,8 +367,8 @@ def run_study(workers, todo, path):
         futures = {workers.submit(bohb.run_job, with_worker(objective), job): job for job in todo}
         for future in cf.as_completed(futures):
             error = future.exception()  # the worker itself failed (run_job never raises)
-            record = future.result() if error is None else bohb.make_record(futures[future], None, None,
-                                                                              cli.describe(error), {})
+            record = future.result() if error is None else bohb.make_record(
+                futures[future], None, None, cli.describe(error), {}, bohb.failure_cause(error))
             files.append_jsonl(log, record, default=bohb.to_json)
             records.append(record)
             print(f"[study {len(records):3d}] configuration {record['index']}  {record['budget']:g} ep  "
@@ -363,14 +382,20 @@ def run(args):
     """Alg. 1: BOHB proposes (θ, τ, α) and a budget, a worker evaluates f_KD, until the plan is done;
     then the study for Fig. 4. --repeats N runs N such searches one after another (seeds --seed to
     --seed + N - 1, one folder each; repeat_folders) with one teacher. Re-run, it resumes from the
-    logs; a finished search starts no worker."""
+    logs; a finished search starts no worker. One run per folder (files.folder_lock)."""
     settings, out = resolve(args)
+    with files.folder_lock(out):
+        return run_in_folder(settings, out, args)
+
+
+def run_in_folder(settings, out, args):
+    """run() in its folder, which it holds: everything checked before the first file is written."""
     folders = repeat_folders(out, args.repeats)
-    seeded = [dataclasses.replace(settings, seed=settings.seed + i) for i in range(len(folders))]
-    for repeat, folder in zip(seeded, folders):
-        check_folder(repeat, folder)
+    for i, folder in enumerate(folders):
+        check_folder(dataclasses.replace(settings, seed=settings.seed + i), folder)
     data = load_data(settings.dataset, settings.data_dir, "search", val_size=settings.val_size,
                      cache_dir=settings.cache_dir)  # once here: a wrong folder is one error, a cache made once
+    train.check_batch_size(settings.protocol.batch_size, data)
     settings = ready_teacher(settings, data, out, args.lessons)  # one teacher and its lessons for all repeats
     bests = []
     for i, folder in enumerate(folders):
@@ -465,8 +490,13 @@ def start_workers(settings, out):
 def finish(progress, out):
     """best.json brought up to date and the result printed; returns its path."""
     progress.update_best()
+    again = sum(bohb.retry(r) is not None for r in progress.records.values())
     if progress.best is None:
-        raise cli.UserError(f"no evaluation succeeded; read the errors in {out / 'results.jsonl'}.")
+        retry = f"; {again} failed for a transient cause: run the same command again to retry them once" if again else ""
+        raise cli.UserError(f"no evaluation succeeded{retry}; read the errors in {out / 'results.jsonl'}.")
+    if again:
+        print(f"{again} evaluation(s) failed for a transient cause (out of memory, a lost worker): run the same "
+              f"command again to retry them once", flush=True)
     print(f"best: {100 * progress.best['accuracy']:.1f} % at {progress.best['budget']:g} epochs -> {out / 'best.json'}")
     return out / "best.json"
 
@@ -481,33 +511,33 @@ def parser():
     pool.add_flags(p)
     p.add_argument("--out", default=None, help="output folder (default runs/search-<dataset>[-nokd]); an existing "
                                                "one is resumed")
-    p.add_argument("--seed", type=int, default=0, help="seeds BOHB and every architecture sample")
+    p.add_argument("--seed", type=cli.seed, default=0, help="seeds BOHB and every architecture sample")
     p.add_argument("--repeats", type=cli.positive_int, default=1,
                    help="run this many searches one after another, seeds --seed, --seed + 1, ..., into "
                         "OUT/repeat-0, OUT/repeat-1, ... (the paper pools 5 per arm in Figs. 2 and 4, 8 in "
                         "Fig. 3); OUT/best.json is then the best of them (default 1: one search in OUT)")
-    p.add_argument("--min-budget", type=cli.positive_float, default=None,
+    p.add_argument("--min-budget", type=cli.budget, default=None,
                    help="smallest budget in epochs (default: preset, 30)")
-    p.add_argument("--max-budget", type=cli.positive_float, default=None,
+    p.add_argument("--max-budget", type=cli.budget, default=None,
                    help="largest budget in epochs (default: preset, 120)")
     p.add_argument("--eta", type=bohb.eta, default=2, help="successive halving keeps the best 1/eta (Alg. 1)")
-    p.add_argument("--iterations", type=cli.positive_int, default=None,
+    p.add_argument("--iterations", type=cli.whole(1, bohb.MAX_ITERATIONS), default=None,
                    help="Hyperband iterations (default: preset; 21 train ~300 students, as in the paper)")
-    p.add_argument("--max-params", type=cli.positive_int, default=None,
+    p.add_argument("--max-params", type=cli.max_params, default=None,
                    help="student parameter limit, e.g. 4e6 (default: 4.0 M for 32 px, 6.0 M for 224 px, paper Sec. 4)")
-    p.add_argument("--max-nodes", type=cli.positive_int, default=None,
+    p.add_argument("--max-nodes", type=cli.whole(4, MAX_NODES), default=None,
                    help=f"most nodes per graph at every level, 4 to {MAX_NODES} (default: preset, else {MAX_NODES}, "
                         f"NAGO's); fewer make smaller, faster students")
-    p.add_argument("--study", type=cli.nonnegative_int, default=None,
+    p.add_argument("--study", type=cli.whole(0, MAX_STUDY), default=None,
                    help="after the search, train this many random configurations at every budget, for Fig. 4's "
                         "rank correlations (default: preset, else 0); BOHB does not see them")
-    p.add_argument("--val-size", type=cli.positive_int, default=None, help="hold-out images (default: 5,000 for CIFAR)")
+    p.add_argument("--val-size", type=cli.images, default=None, help="hold-out images (default: 5,000 for CIFAR)")
     p.add_argument("--search-protocol", default="darts", choices=tuple(SEARCH_PROTOCOLS),
                    help="how the students are trained (SEARCH_PROTOCOLS): darts (default; batch 96, lr 0.025, cosine "
                         "over the budget, clipping at 5) or nago (NAGO's released search: batch 128, lr 0.1, halved "
                         "every 20 epochs, no clipping); both SGD momentum 0.9, weight decay 1e-4")
     train.add_stages_flag(p, "even")
-    p.add_argument("--batch-size", type=cli.positive_int, default=None,
+    p.add_argument("--batch-size", type=cli.images, default=None,
                    help="batch size (default: preset, else the protocol's: 96 darts, 128 nago)")
     p.add_argument("--lr", type=cli.positive_float, default=None,
                    help="peak learning rate for batch 96, scaled linearly to --batch-size (default: preset, else "

@@ -49,22 +49,22 @@ def knob(default, kind, text, aliases=None):
 class Protocol:
     """How a network is trained. The defaults are DARTS's (Liu et al. 2019), which the paper's
     retraining and teachers follow; search.SEARCH_PROTOCOLS hold the search phase's (Ru et al. 2020)."""
-    epochs: int = knob(600, cli.positive_int, "training epochs (final training; search budgets: 30/60/120)")
-    batch_size: int = knob(96, cli.positive_int, "batch size")
+    epochs: int = knob(600, cli.epochs, "training epochs (final training; search budgets: 30/60/120)")
+    batch_size: int = knob(96, cli.images, "batch size, at most the training images")
     lr: float = knob(0.025, cli.positive_float, "peak SGD learning rate at batch 96, scaled linearly with "
                                                    "--batch-size")
     schedule: str = knob("cosine", SCHEDULES, "learning rate schedule: cosine to 0 over --epochs (DARTS), or step: "
                                               "times --lr-gamma every --lr-step epochs (NAGO's search)")
     lr_step: int = knob(20, cli.positive_int, "step schedule: epochs between two decays")
     lr_gamma: float = knob(0.5, cli.positive_float, "step schedule: factor of each decay")
-    momentum: float = knob(0.9, cli.nonnegative_float, "SGD momentum (Nesterov off)")
+    momentum: float = knob(0.9, cli.fraction, "SGD momentum (Nesterov off)")
     weight_decay: float = knob(3e-4, cli.nonnegative_float, "weight decay")
     grad_clip: float = knob(5.0, cli.nonnegative_float, "maximum global gradient norm (0: no clipping)")
     aux_weight: float = knob(0.4, cli.nonnegative_float, "weight of an auxiliary head's cross-entropy, for "
                                                             "models that have one (the DARTS teacher)")
     cutout: int = knob(None, cli.nonnegative_int, "cutout side in px (default: the data set's in final runs, "
                                                      "16 for CIFAR; 0 in search)")
-    eval_every: int = knob(1, cli.positive_int, "score every N epochs and after the last")
+    eval_every: int = knob(1, cli.epochs, "score every N epochs and after the last")
     bn_batches: int = knob(20, cli.nonnegative_int, "training batches that re-estimate BatchNorm statistics "
                                                        "before each score (0: off)")
     amp: str = knob("auto", ("auto", "bf16", "fp16", "off"), "mixed precision; auto: bf16 autocast on CUDA (fp16 "
@@ -442,6 +442,14 @@ def check_config(config, what="θ"):
     return cli.check_config(config, {**generator.SPACE, **KD_SPACE}, optional=tuple(KD_SPACE), what=what)
 
 
+def check_batch_size(batch_size, data):
+    """A batch of at most the training images: a larger one would train one short batch an epoch at
+    the learning rate scaled for the batch asked for (Protocol.lr)."""
+    if batch_size > len(data.train):
+        raise cli.UserError(f"--batch-size {batch_size:,} is larger than the {len(data.train):,} training images of "
+                            f"{data.name} ({data.split} split); give at most {len(data.train):,}.")
+
+
 BUILD_LOCK = threading.Lock()  # seeding the initial weights touches the global RNG
 
 
@@ -612,31 +620,31 @@ def parser():
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--theta", help="θ as a JSON file or inline JSON (a best.json from search.py works too)")
     what.add_argument("--arch", choices=("darts", "inception_resnet_v2"), help="a teacher network")
-    p.add_argument("--seed", type=int, default=0, help="seeds the architecture, the weights, the data order")
+    p.add_argument("--seed", type=cli.seed, default=0, help="seeds the architecture, the weights, the data order")
     p.add_argument("--dataset", default="cifar10", choices=DATASETS, help="data set")
     p.add_argument("--data-dir", default=None, help="data folder (default data/<dataset>); layouts in data.py")
     p.add_argument("--download", action="store_true", help="let torchvision download CIFAR")
     p.add_argument("--cache-dir", default=None, help="cache of decoded image folders (default ~/.cache/autokd)")
     p.add_argument("--split", default="search", choices=("search", "final"),
                    help="search: score on a hold-out of the training set; final: train on all, score on test")
-    p.add_argument("--val-size", type=cli.positive_int, default=None,
+    p.add_argument("--val-size", type=cli.images, default=None,
                    help="hold-out size in search mode (default: 5,000 for CIFAR, see data.PRESETS)")
     p.add_argument("--teacher", default=None, help="teacher checkpoint for KD (teachers.load)")
     p.add_argument("--tau", type=float, default=None, help=f"KD temperature in [1, 10] (default: the θ file's, "
                                                            f"else {TAU})")
     p.add_argument("--alpha", type=float, default=None, help=f"KD weight in [0, 1] (default: the θ file's, else "
                                                              f"{ALPHA} with --teacher, 0 without)")
-    p.add_argument("--max-params", type=cli.positive_int, default=None,
+    p.add_argument("--max-params", type=cli.max_params, default=None,
                    help="student parameter limit, e.g. 4e6 (default: generator's, 4.0 M / 6.0 M)")
     add_stages_flag(p, "even")
     teachers.add_flags(p)
     add_protocol_flags(p)
     p.add_argument("--device", type=cli.device_name, default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device")
-    p.add_argument("--workers", type=cli.nonnegative_int, default=2, help="DataLoader workers (224 px data sets)")
+    p.add_argument("--workers", type=cli.whole(0, 256), default=2, help="DataLoader workers (224 px data sets)")
     p.add_argument("--save", default=None, help="checkpoint written after every epoch")
     p.add_argument("--resume", action="store_true", help="continue from --save if it exists (same flags)")
-    p.add_argument("--stop-after", type=cli.positive_int, default=None,
+    p.add_argument("--stop-after", type=cli.epochs, default=None,
                    help="stop after this epoch, e.g. to split a run across jobs; the schedule still spans --epochs")
     return p
 
@@ -651,6 +659,7 @@ def main(argv=None):
         files.check_writable(args.save, "--save")
     data = load_data(args.dataset, args.data_dir, args.split, args.download, args.device,
                      val_size=args.val_size, cache_dir=args.cache_dir)
+    check_batch_size(args.batch_size, data)
     torch.manual_seed(args.seed)  # the model's initial weights
     model, config, theta = build_model(args, data)
     tau = args.tau if args.tau is not None else theta.get("tau", TAU)

@@ -9,6 +9,7 @@ import datetime
 import functools
 import json
 import math
+import os
 import sys
 
 import torch
@@ -43,21 +44,65 @@ def _number(text, kind):
     return value
 
 
-def number_flag(kind, low, strict, what):
-    """An argparse type: a number of `kind` at least `low` (above it if `strict`), else the error
-    'must be <what>'. Numbers are read as floats first, so '1e5' is 100000 wherever a flag takes it."""
+def number_flag(kind, low, strict, what, high=None):
+    """An argparse type: a number of `kind` at least `low` (above it if `strict`) and at most `high`
+    (if given), else the error 'must be <what>'. Numbers are read as floats first, so '1e5' is 100000
+    wherever a flag takes it."""
     def parse(text):
         value = _number(text, kind)
-        if value < low or (strict and value == low):
+        if value < low or (strict and value == low) or (high is not None and value > high):
             raise argparse.ArgumentTypeError(f"must be {what}, not {text}")
         return value
     return parse
+
+
+def whole(low, high):
+    """An argparse type: a whole number in [low, high]."""
+    what = f"a positive whole number up to {high:,}" if low == 1 else f"a whole number from {low:,} to {high:,}"
+    return number_flag(int, low, False, what, high)
 
 
 positive_int = number_flag(int, 1, False, "a positive whole number")
 nonnegative_int = number_flag(int, 0, False, "a whole number >= 0")
 positive_float = number_flag(float, 0, True, "a number > 0")
 nonnegative_float = number_flag(float, 0, False, "a number >= 0")
+fraction = number_flag(float, 0, False, "a number in [0, 1]", 1)
+
+# Ranges of the flags every stage shares. A seed is what numpy's legacy seeding and torch accept
+# alike (32 bits); the longest training is 600 epochs (paper Sec. 4), so 10,000 is a typo's bound,
+# not a constraint.
+MAX_SEED = 2**32 - 1
+MAX_EPOCHS = 10_000
+MAX_IMAGES = 10_000_000  # more than any data set's training images (ImageNet's 1.28 M); the split's own
+# size bounds a batch once the data is loaded (train.check_batch_size)
+seed = number_flag(int, 0, False, f"a whole number from 0 to {MAX_SEED:,} (2**32 - 1)", MAX_SEED)
+epochs = whole(1, MAX_EPOCHS)
+images = whole(1, MAX_IMAGES)
+budget = number_flag(float, 0, True, f"a number > 0 up to {MAX_EPOCHS:,} epochs", MAX_EPOCHS)
+BYTES_PER_PARAM = 16  # float32 weights, gradients and momentum, and one copy (a checkpoint, an EMA)
+
+
+def memory_bytes():
+    """The largest memory a network of this machine can train in: the physical memory, or a GPU's
+    (None where the system does not say)."""
+    try:
+        host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows), or no such name
+        host = 0
+    gpus = [torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())]
+    return max([host, *gpus]) or None
+
+
+def max_params(text):
+    """--max-params: a positive whole number of parameters that fits this machine's memory at
+    BYTES_PER_PARAM each (a limit beyond it could only build networks that cannot be trained here)."""
+    memory = memory_bytes()
+    if memory is None:
+        return positive_int(text)
+    high = memory // BYTES_PER_PARAM
+    high -= high % 10 ** max(0, len(str(high)) - 3)  # three significant digits, rounded down
+    return number_flag(int, 1, False, f"a positive whole number up to {high:,}, the parameters that fit this "
+                                      f"machine's memory at {BYTES_PER_PARAM} bytes each", high)(text)
 
 
 def probability_below_one(text):
@@ -156,7 +201,9 @@ def check_config(config, space, optional=(), what="θ"):
 
 
 def hms(seconds):
-    """'1:02:03' (and '2 days, 1:02:03'); '?' for an unknown time."""
-    if seconds is None or not math.isfinite(seconds):
+    """'1:02:03' (and '2 days, 1:02:03'); '?' for an unknown time or one beyond a million days."""
+    if seconds is None or not math.isfinite(seconds) or abs(seconds) >= 1e6 * 86400:
         return "?"
-    return str(datetime.timedelta(seconds=int(seconds)))
+    days, rest = divmod(int(seconds), 86400)  # timedelta itself overflows past 10**9 days
+    clock = str(datetime.timedelta(seconds=rest))
+    return f"{days} day{'s' * (abs(days) != 1)}, {clock}" if days else clock  # timedelta's own form

@@ -1,7 +1,11 @@
 """Files every stage reads and writes: JSON and JSON-lines logs with errors that name the file,
-atomic writes that honour the umask, checkpoints read with weights_only=True, the resume check, and
-the provenance (package versions, code commit) stored with every result."""
+atomic writes that honour the umask, checkpoints read with weights_only=True, the resume check, the
+lock that keeps one run per output folder, and the provenance (package versions, code commit)
+stored with every result."""
+import contextlib
+import datetime
 import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -201,6 +205,70 @@ def file_digest(path):
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------
+# One run per output folder
+
+@contextlib.contextmanager
+def folder_lock(folder, flag="--out"):
+    """Hold `folder`/.lock while the block runs, or a UserError naming the process that holds it.
+
+    An advisory lock (flock): the kernel drops it when its holder exits however it exits, kill -9
+    included, so it is never stale. The file says who holds it (pid, start, command) for the
+    message. It is removed on the way out, and the folder too when this made it and it is empty,
+    so a refused command leaves nothing behind; a run that opens the file just as it is removed
+    locks a deleted file, sees that and tries again."""
+    folder = Path(folder)
+    made = not folder.exists()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = _lock(folder / ".lock", flag)
+    except OSError as e:
+        raise UserError(f"cannot write {flag} {folder}: {e.strerror}; choose a writable place.") from None
+    try:
+        holder = {"pid": os.getpid(), "started": datetime.datetime.now().isoformat(timespec="seconds"),
+                  "command": " ".join(sys.argv)}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(folder / ".lock")  # while still held: no other run has it
+        os.close(fd)
+        if made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty
+
+
+def _lock(path, flag):
+    """A descriptor of `path`, exclusively locked, or a UserError naming the holder."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0)
+            os.close(fd)
+            raise UserError(f"{path.parent} is in use by {_holder(holder)}; wait for it to end, or give another "
+                            f"{flag}.") from None
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            return fd
+        os.close(fd)  # its holder removed it as we opened it: lock the new one
+
+
+def _holder(text):
+    """'pid 123 (started 2026-01-01T10:00:00: python search.py ...)', from a lock file's text."""
+    try:
+        holder = json.loads(text)
+        command = holder["command"] if len(holder["command"]) <= 100 else holder["command"][:97] + "..."
+        return f"pid {holder['pid']} (started {holder['started']}: {command})"
+    except (ValueError, KeyError, TypeError):
+        return "another process (it is just starting)"
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -76,9 +76,9 @@ def add_flags(p):
     p.add_argument("--gpus", type=cli.nonnegative_int, default=None,
                    help="GPUs to use, one worker each (default: every GPU of this machine, or of the Ray cluster "
                         "with --ray); 0 trains on the CPU")
-    p.add_argument("--workers-per-gpu", type=cli.positive_int, default=WORKERS_PER_GPU,
+    p.add_argument("--workers-per-gpu", type=cli.whole(1, 64), default=WORKERS_PER_GPU,
                    help="students trained at once on each GPU, each on its own CUDA stream")
-    p.add_argument("--workers", type=cli.positive_int, default=min(4, os.cpu_count() or 1),
+    p.add_argument("--workers", type=cli.whole(1, 1024), default=min(4, os.cpu_count() or 1),
                    help="CPU workers when --gpus 0 (or on a Ray cluster without GPUs), one student each; on "
                         "this machine they share its cores")
     p.add_argument("--ray", default=None, metavar="ADDRESS",

@@ -30,8 +30,8 @@ def build(name, num_classes, **options):
 
 def add_flags(p):
     """train.py's flags that shape a teacher (--arch)."""
-    p.add_argument("--width", type=cli.positive_int, default=None, help="darts: initial channels (default 36)")
-    p.add_argument("--layers", type=cli.positive_int, default=None, help="darts: cells (default 20)")
+    p.add_argument("--width", type=cli.whole(1, 4096), default=None, help="darts: initial channels (default 36)")
+    p.add_argument("--layers", type=cli.whole(1, 1000), default=None, help="darts: cells (default 20)")
     p.add_argument("--drop-path-prob", type=cli.nonnegative_float, default=None,
                    help="darts: final drop-path probability, ramped from 0 (default 0.2)")
     p.add_argument("--no-auxiliary", action="store_true", help="darts: no auxiliary head")

@@ -90,6 +90,7 @@ def test_a_killed_actor_fails_its_evaluation_only_and_is_replaced(tmp_path):
     assert len(records) == len(set(keys(records))) == 5  # 2 @ 1 -> 1 @ 2, then 2 @ 2
     failed = [r for r in records if r["loss"] is None]
     assert len(failed) == 1 and "WorkerDied" in failed[0]["error"] and "died" in failed[0]["error"]
+    assert failed[0]["cause"] == "transient"  # a resumed search runs it once more (bohb.retry)
     assert victim.handle is not None and victim.handle is not first_actor  # the slot has a new actor
 
 

@@ -2,6 +2,7 @@
 Table 1), brute-force promotion checks on the log, a KDE summed kernel by kernel with scipy.stats, and a
 run killed with SIGKILL and resumed against an uninterrupted one. CPU only, a few seconds."""
 import concurrent.futures as cf
+import functools
 from concurrent.futures.process import BrokenProcessPool
 import json
 import math
@@ -262,22 +263,182 @@ def test_failures_are_logged_as_inf_and_the_search_goes_on(tmp_path):
     assert math.isfinite(optimiser.incumbent()["loss"])
 
 
-def dies_once(config, budget, job):
-    if bohb.job_key(job) == (0, 0, 0, 3):
+def dies_once(marker, config, budget, job):
+    if bohb.job_key(job) == (0, 0, 0, 3) and not os.path.exists(marker):
+        open(marker, "w").close()
         os._exit(1)  # the worker process dies, as it would on a segfault or an out-of-memory kill
     return bowl(config, budget)
 
 
 def test_a_dead_worker_process_is_logged_and_the_run_resumes(tmp_path):
-    log = tmp_path / "results.jsonl"
+    """The killed process's evaluation is a transient failure: the resumed run trains it once more."""
+    log, objective = tmp_path / "results.jsonl", functools.partial(dies_once, str(tmp_path / "died"))
     with pytest.raises(BrokenProcessPool), cf.ProcessPoolExecutor(2) as executor:
-        bohb.BOHB(SPACE, 1, 9, eta=3, seed=0).run(dies_once, executor, 1, log_path=str(log))
+        bohb.BOHB(SPACE, 1, 9, eta=3, seed=0).run(objective, executor, 1, log_path=str(log))
     failed = [r for r in read_lines(log) if bohb.job_key(r) == (0, 0, 0, 3)]
     assert failed[0]["loss"] is None and "terminated abruptly" in failed[0]["error"]
+    assert (failed[0]["cause"], failed[0]["attempt"]) == ("transient", 1)
     with cf.ProcessPoolExecutor(2) as executor:
-        history = bohb.BOHB(SPACE, 1, 9, eta=3, seed=0).run(dies_once, executor, 1, log_path=str(log))
-    keys = [bohb.job_key(r) for r in read_lines(log)]
-    assert len(history) == len(keys) == len(set(keys)) == 22  # the dead job was not run again
+        history = bohb.BOHB(SPACE, 1, 9, eta=3, seed=0).run(objective, executor, 1, log_path=str(log))
+    records = read_lines(log)
+    assert len(history) == len(bohb.latest(records)) == 22
+    again = [r for r in records if bohb.job_key(r) == (0, 0, 0, 3)]
+    assert len(again) == 2 and again[-1]["attempt"] == 2 and again[-1]["loss"] is not None
+
+
+# ------------------------------------------------------------------------------------------------
+# Transient failures: run once more on resume (Ray Tune's resume_errored), then final
+
+class RayActorError(Exception):
+    """Named as Ray's is: the classifier reads class names, so Ray need not be installed."""
+
+
+@pytest.mark.parametrize("error", [
+    MemoryError(), RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    RuntimeError("CUDA error: out of memory"), RuntimeError("DefaultCPUAllocator: not enough memory: you tried "
+                                                            "to allocate 1073741824 bytes"),
+    OSError(12, "Cannot allocate memory"), BrokenProcessPool("a process terminated abruptly"),
+    RayActorError("The actor died unexpectedly before finishing this task."),
+    RuntimeError("DataLoader worker (pid 123) is killed by signal: Killed."),
+])
+def test_failures_of_the_machine_are_transient(error):
+    assert bohb.failure_cause(error) == "transient"
+
+
+def test_the_pool_errors_are_transient_and_a_cause_is_found_where_it_was_raised_from():
+    from machinery.executor import RemoteError, WorkerDied
+    assert bohb.failure_cause(WorkerDied("the worker process on cpu died (exit code -9)")) == "transient"
+    assert bohb.failure_cause(RemoteError("the worker on cpu could not start: MemoryError: ")) == "transient"
+    try:
+        try:
+            raise MemoryError()
+        except MemoryError as e:
+            raise RuntimeError("training failed") from e
+    except RuntimeError as chained:
+        assert bohb.failure_cause(chained) == "transient"
+
+
+@pytest.mark.parametrize("error", [
+    RuntimeError("the training loss became nan in epoch 3; lower --lr or try another configuration"),
+    ValueError("θ['top_p'] = 2 is outside its range [0.1, 1.0]."), KeyError("top_nodes"), ZeroDivisionError(),
+    RuntimeError("mat1 and mat2 shapes cannot be multiplied (4x10 and 12x10)"),
+])
+def test_failures_of_the_configuration_are_deterministic(error):
+    assert bohb.failure_cause(error) == "deterministic"
+
+
+ONLY_RUNG = (0, 2, 0, 1)  # budgets 1 -> 4, eta 2: bracket 2 is one rung (3 @ 4), so a retry changes no promotion
+
+
+def failing(error, times, calls, key=ONLY_RUNG):
+    """bowl, but job `key` raises `error` on its first `times` calls; every call's key in `calls`."""
+    failed = []
+
+    def objective(config, budget, job):
+        calls.append(bohb.job_key(job))
+        if bohb.job_key(job) == key and len(failed) < times:
+            failed.append(job)
+            raise error
+        return bowl(config, budget)
+    return objective
+
+
+def search(log, objective):
+    with cf.ThreadPoolExecutor(2) as executor:
+        return bohb.BOHB(SPACE, 1, 4, eta=2, seed=0).run(objective, executor, 1, log_path=str(log))
+
+
+def test_a_transient_failure_is_run_once_more_on_resume(tmp_path):
+    log, calls = tmp_path / "results.jsonl", []
+    objective = failing(MemoryError(), 1, calls)
+    search(log, objective)
+    first = read_lines(log)
+    failed = [r for r in first if bohb.job_key(r) == ONLY_RUNG]
+    assert len(failed) == 1 and failed[0]["loss"] is None and "MemoryError" in failed[0]["error"]
+    assert (failed[0]["cause"], failed[0]["attempt"]) == ("transient", 1)
+    assert all(r["cause"] is None and r["attempt"] == 1 for r in first if bohb.job_key(r) != ONLY_RUNG)
+    calls.clear()
+    history = search(log, objective)
+    assert calls == [ONLY_RUNG]  # the retry alone; the finished jobs are read from the log
+    after = read_lines(log)
+    assert after[:len(first)] == first and len(after) == len(first) + 1
+    retried = after[-1]
+    assert (retried["attempt"], retried["cause"], retried["config"]) == (2, None, failed[0]["config"])
+    assert retried["loss"] == bowl(retried["config"], 4)["loss"]
+    assert len(history) == len(bohb.latest(after)) == 14 and math.isfinite(history[-1]["loss"])
+    calls.clear()
+    search(log, objective)
+    assert calls == [] and read_lines(log) == after  # then the search is complete
+
+
+def test_a_retry_on_a_lower_rung_promotes_by_its_new_result(tmp_path):
+    """A retried rung-0 job takes part in its rung's promotion: the resumed history promotes the best of
+    every rung (checked by brute force), whatever the first run had promoted without it."""
+    log = tmp_path / "results.jsonl"
+    best = (0, 0, 0, int(np.argmin([bowl(job["config"], 1)["loss"] for job in first_rung()])))  # the best of rung 0
+    search(log, failing(MemoryError(), 1, [], key=best))
+    history = search(log, bowl)
+    rungs = {}
+    for r in history:
+        rungs.setdefault((r["iteration"], r["bracket"], r["rung"]), {})[r["index"]] = r["loss"]
+    for (iteration, number, rung), members in rungs.items():
+        if rung > 0:
+            below = rungs[iteration, number, rung - 1]
+            assert sorted(members) == sorted(sorted(below, key=lambda i: (below[i], i))[:len(members)])
+    assert best[3] in rungs[0, 0, 1]  # promoted now that it has a loss
+
+
+def first_rung():
+    optimiser = bohb.BOHB(SPACE, 1, 4, eta=2, seed=0)
+    return [optimiser.ask(1) for _ in range(optimiser.plan[0][0][0])]
+
+
+def test_a_transient_failure_that_fails_again_is_final(tmp_path):
+    log, calls = tmp_path / "results.jsonl", []
+    objective = failing(RuntimeError("CUDA out of memory"), 2, calls)
+    search(log, objective)
+    search(log, objective)
+    twice = read_lines(log)
+    assert [(r["attempt"], r["cause"]) for r in twice if bohb.job_key(r) == ONLY_RUNG] == [(1, "transient"),
+                                                                                          (2, "transient")]
+    calls.clear()
+    optimiser = bohb.BOHB(SPACE, 1, 4, eta=2, seed=0)
+    assert optimiser.complete(twice, 1)
+    search(log, objective)
+    assert calls == [] and read_lines(log) == twice  # not a third time
+
+
+def test_a_deterministic_failure_is_not_run_again(tmp_path):
+    log, calls = tmp_path / "results.jsonl", []
+    objective = failing(ValueError("an invalid configuration"), 1, calls)
+    search(log, objective)
+    first = read_lines(log)
+    assert [r["cause"] for r in first if bohb.job_key(r) == ONLY_RUNG] == ["deterministic"]
+    assert not bohb.BOHB(SPACE, 1, 4, eta=2, seed=0).complete(first[:-1], 1)
+    assert bohb.BOHB(SPACE, 1, 4, eta=2, seed=0).complete(first, 1)
+    calls.clear()
+    search(log, objective)
+    assert calls == [] and read_lines(log) == first
+
+
+def test_a_failed_future_is_logged_with_its_cause(tmp_path):
+    """The executor's own failure (the worker running it died) is classified like the objective's."""
+    from machinery.executor import WorkerDied
+
+    class Dying(cf.ThreadPoolExecutor):
+        def submit(self, fn, objective, job):
+            if bohb.job_key(job) != ONLY_RUNG:
+                return super().submit(fn, objective, job)
+            future = cf.Future()
+            future.set_exception(WorkerDied("the worker process on cpu died (exit code -9)"))
+            return future
+
+    log = tmp_path / "results.jsonl"
+    with Dying(2) as executor:
+        bohb.BOHB(SPACE, 1, 4, eta=2, seed=0).run(bowl, executor, 1, log_path=str(log))
+    record = next(r for r in read_lines(log) if bohb.job_key(r) == ONLY_RUNG)
+    assert (record["cause"], record["attempt"], record["started"]) == ("transient", 1, None)
+    assert "WorkerDied" in record["error"]
 
 
 def test_incumbent_is_the_best_at_the_largest_budget_earliest_on_ties():

@@ -65,6 +65,14 @@ def files(tmp_path_factory):
                                              "teacher": str(d / "teacher.pt")}))
     (d / "best_bool.json").write_text(json.dumps({"config": {**THETA, "tau": True, "alpha": 0.5},
                                                   "dataset": "digits"}))
+    (d / "best_nokd.json").write_text(json.dumps({"config": THETA, "dataset": "digits", "no_kd": True, "teacher": None}))
+    (d / "best_svhn.json").write_text(json.dumps({"config": THETA, "dataset": "svhn", "no_kd": True}))
+    whole = (d / "teacher.pt").read_bytes()
+    (d / "truncated.pt").write_bytes(whole[:len(whole) // 2])
+    torch.save({"model": net.state_dict(), "epoch": 1, "config": {**config, "dataset": "cifar10"}}, d / "cifar_teacher.pt")
+    student = generator.build(generator.sample(THETA, 0, 16, 10, max_params=30_000))
+    torch.save({"model": student.state_dict(), "epoch": 1, "config": {"arch": "nago", "dataset": "digits",
+                                                                      "num_classes": 10}}, d / "student.pt")
     (d / "digits").mkdir()
     (d / "digits" / "digits.csv.gz").write_bytes(gzip.compress(b"1,2,3\n4,5\n"))
     (d / "folder.pt").mkdir()
@@ -170,6 +178,56 @@ BAD = [
     ("bohb", ["--plan", "--max-budget", "1e12"], "more than 10,000 trainings per Hyperband iteration"),
     ("bohb", ["--plan", "--eta", "1"], "argument --eta"),
     ("bohb", ["--plan", "--min-budget", "0"], "argument --min-budget"),
+    # Every numeric flag has a range. Seeds: what numpy and torch accept, 0 to 2**32 - 1.
+    ("search", ["--dataset", "digits", "--seed", "-1"], "argument --seed: must be a whole number from 0 to 4,294,967,295"),
+    ("train", ["--arch", "darts", "--dataset", "digits", "--seed", "4294967296"], "argument --seed: must be a whole"),
+    ("retrain", ["--theta", "{d}/best.json", "--seed", "1.5"], "argument --seed: must be a whole number"),
+    ("retrain", ["--theta", "{d}/best.json", "--seed", "4294967295", "--k", "2"], "architecture seeds up to 4,294,967,296"),
+    ("generator", ["--theta", "{d}/theta.json", "--seed", "-3"], "argument --seed"),
+    ("bohb", ["--plan", "--seed", "1e10"], "argument --seed"),
+    # ... epochs and budgets: at most 10,000 epochs
+    ("train", ["--arch", "darts", "--dataset", "digits", "--epochs", "1e15"], "argument --epochs: must be a positive "
+                                                                              "whole number up to 10,000, not 1e15"),
+    ("train", ["--arch", "darts", "--dataset", "digits", "--stop-after", "1e6"], "argument --stop-after"),
+    ("retrain", ["--theta", "{d}/best.json", "--epochs", "20000"], "argument --epochs: must be a positive whole"),
+    ("retrain", ["--theta", "{d}/best.json", "--eval-every", "1e9"], "argument --eval-every"),
+    ("search", ["--dataset", "digits", "--max-budget", "1e12"], "argument --max-budget: must be a number > 0 up to 10,000"),
+    ("search", ["--dataset", "digits", "--min-budget", "2e4"], "argument --min-budget"),
+    ("bohb", ["--plan", "--max-budget", "1e12"], "argument --max-budget"),
+    # ... counts: architectures, runs, iterations, the study, workers, sizes
+    ("retrain", ["--theta", "{d}/best.json", "--k", "1e12"], "argument --k: must be a positive whole number up to 1,000"),
+    ("retrain", ["--theta", "{d}/best.json", "--runs", "101"], "argument --runs"),
+    ("search", ["--dataset", "digits", "--iterations", "1e6"], "argument --iterations: must be a positive whole number up"),
+    ("search", ["--dataset", "digits", "--study", "1e9"], "argument --study: must be a whole number from 0 to 10,000"),
+    ("search", ["--dataset", "digits", "--gpus", "0", "--workers", "1e6"], "argument --workers"),
+    ("search", ["--dataset", "digits", "--max-nodes", "11"], "argument --max-nodes: must be a whole number from 4 to 10"),
+    ("bohb", ["--demo", "--iterations", "1e9"], "argument --iterations"),
+    ("bohb", ["--demo", "--workers", "1e5"], "argument --workers"),
+    ("generator", ["--theta", "{d}/theta.json", "--image-size", "1e6"], "argument --image-size"),
+    ("generator", ["--theta", "{d}/theta.json", "--num-classes", "1e9"], "argument --num-classes"),
+    ("train", ["--arch", "darts", "--dataset", "digits", "--width", "1e9"], "argument --width"),
+    ("train", ["--arch", "darts", "--dataset", "digits", "--momentum", "1.5"], "argument --momentum"),
+    # ... a batch no larger than the training split, known once the data is loaded
+    ("search", ["--dataset", "digits", "--no-kd", "--gpus", "0", "--batch-size", "5000"],
+     "--batch-size 5,000 is larger than the 1,097 training images of digits"),
+    ("search", ["--dataset", "digits", "--batch-size", "1e9"], "argument --batch-size"),
+    ("train", ["--arch", "darts", "--dataset", "digits", "--split", "final", "--batch-size", "1398"],
+     "larger than the 1,397 training images"),
+    # ... a parameter limit that fits this machine's memory
+    ("search", ["--dataset", "digits", "--max-params", "1e30"], "argument --max-params: must be a positive whole number up to"),
+    ("train", ["--theta", "{d}/theta.json", "--dataset", "digits", "--max-params", "1e30"], "fit this machine's memory"),
+    ("generator", ["--theta", "{d}/theta.json", "--max-params", "1e30"], "argument --max-params"),
+    # retrain.py checks best.json, the data and the teacher before it writes anything, as search.py does
+    ("retrain", ["--theta", "{d}/best.json", "--teacher", "{d}/truncated.pt"], "not a readable train.py checkpoint"),
+    ("retrain", ["--theta", "{d}/best.json", "--teacher", "{d}/cifar_teacher.pt"], "was trained on cifar10"),
+    ("retrain", ["--theta", "{d}/best.json", "--teacher", "{d}/student.pt"], "holds a 'nago' network, not a teacher"),
+    ("retrain", ["--theta", "{d}/best.json", "--teacher", "{d}/nan_teacher.pt"], "non-finite weights"),
+    ("retrain", ["--theta", "{d}/best_svhn.json"], "names the data set \"svhn\""),
+    ("retrain", ["--theta", "{d}/best.json", "--data-dir", "{d}/digits"], "not the UCI digits table"),
+    ("retrain", ["--theta", "{d}/best_nokd.json", "--teacher", "{d}/teacher.pt"], "comes from a --no-kd search: its θ "
+                                                                                "has no KD temperature and weight"),
+    ("retrain", ["--theta", "{d}/best.json", "--no-kd", "--teacher", "{d}/teacher.pt"], "--teacher would go unused"),
+    ("search", ["--dataset", "digits", "--no-kd", "--teacher", "{d}/teacher.pt"], "--teacher would go unused"),
 ]
 
 
@@ -282,6 +340,35 @@ def test_files_get_the_umask_mode(tmp_path):
     assert (tmp_path / "c.pt").stat().st_mode & 0o777 == 0o640
 
 
+def test_the_eta_formatter_counts_days_and_never_overflows():
+    from datetime import timedelta
+    from machinery import cli as machinery_cli
+    for seconds in (0, 59.9, 3723, 2 * 86400 + 3723, 999_999 * 86400):
+        assert machinery_cli.hms(seconds) == str(timedelta(seconds=int(seconds)))
+    assert machinery_cli.hms(10**10) == "115740 days, 17:46:40"
+    assert [machinery_cli.hms(s) for s in (1e15, 1e300, float("inf"), float("nan"), None)] == ["?"] * 5
+
+
+def test_one_run_per_folder_and_the_lock_leaves_nothing_behind(tmp_path):
+    from machinery import cli as machinery_cli, files as machinery_files
+    out = tmp_path / "runs" / "out"
+    with machinery_files.folder_lock(out):
+        assert json.loads((out / ".lock").read_text())["pid"] == os.getpid()
+        with pytest.raises(machinery_cli.UserError, match=f"{out} is in use by pid {os.getpid()} "):
+            with machinery_files.folder_lock(out):
+                pass  # a second holder, even in this process (flock locks an open file, not a process)
+    assert not out.exists() and (tmp_path / "runs").is_dir()  # the folder it made, and only that, is gone
+    out.mkdir()
+    (out / "results.jsonl").write_text("{}\n")
+    with machinery_files.folder_lock(out):
+        pass
+    assert [p.name for p in out.iterdir()] == ["results.jsonl"]
+    (tmp_path / "file").write_text("")
+    with pytest.raises(machinery_cli.UserError, match="cannot write --out"):
+        with machinery_files.folder_lock(tmp_path / "file" / "out"):
+            pass
+
+
 def test_report_reads_a_log_being_written_without_changing_it(tmp_path, capsys):
     out = tmp_path / "s"
     out.mkdir()
@@ -345,6 +432,75 @@ def test_workers_die_with_their_killed_parent(tmp_path):
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, f"workers {left} outlived their parent by 10 s"
+
+
+HOLD = """import sys, time
+from machinery import files
+with files.folder_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(300)
+"""
+
+
+@pytest.mark.slow
+def test_a_second_run_into_a_held_folder_is_refused_until_the_holder_dies(tmp_path, files, capsys):
+    """Another process holds the folder: search.py and retrain.py into it are refused in one line that
+    names it, and change nothing; once it is killed (kill -9 leaves its lock file), the next search runs."""
+    out = tmp_path / "search"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        before = snapshot(out)
+        for script, argv in (("search", ONE + ["--iterations", "1"]),
+                             ("retrain", ["--theta", str(files / "best.json"), "--no-kd", "--k", "1", "--epochs", "1",
+                                          "--gpus", "0", "--workers", "1"])):
+            status, err = run(script, argv + ["--out", str(out)], capsys)
+            assert status == 1 and len(err.strip().splitlines()) == 1, err
+            assert f"error: {out} is in use by pid {holder.pid} (started " in err and "-c" in err, err
+            assert snapshot(out) == before
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (out / ".lock").exists()  # a killed holder's file stays, its lock does not
+    status, err = run("search", ONE + ["--iterations", "1", "--out", str(out)], capsys)
+    assert status == 0, err
+    assert (out / "best.json").is_file() and not (out / ".lock").exists()
+
+
+def workers_of(pid):
+    """The live worker processes (multiprocessing spawn_main, not its resource tracker) of parent `pid`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            command = (stat.parent / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z" and b"spawn_main" in command:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.slow
+def test_an_evaluation_whose_worker_was_killed_is_retried_once_on_resume(tmp_path):
+    """kill -9 of the worker training the search's one student: the evaluation is logged as a
+    transient failure, the search says to run it again, and the re-run trains it (attempt 2)."""
+    out = tmp_path / "search"
+    proc = subprocess.Popen([sys.executable, "search.py", *ONE, "--iterations", "1", "--out", str(out)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not workers_of(proc.pid):
+        time.sleep(0.1)
+    for pid in workers_of(proc.pid):
+        os.kill(pid, signal.SIGKILL)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "1 failed for a transient cause: run the same command again" in err, err
+    again = cli("search.py", *ONE, "--iterations", "1", "--out", str(out))
+    assert again.returncode == 0, again.stderr
+    assert "1 that failed for a transient cause run once more" in again.stdout
+    lines = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["attempt"], r["cause"], r["loss"] is None) for r in lines] == [(1, "transient", True), (2, None, False)]
+    assert "WorkerDied" in lines[0]["error"]
 
 
 @pytest.mark.slow

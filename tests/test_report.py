@@ -277,6 +277,17 @@ def test_a_malformed_record_names_file_line_and_field_and_is_never_counted(bad, 
     assert len(err.splitlines()) == 1 and not (tmp_path / "f").exists()
 
 
+def test_a_job_run_again_after_a_transient_failure_counts_once(tmp_path, capsys):
+    """bohb.py logs a transient failure, then its retry on resume: the last attempt is the evaluation."""
+    lost = {**GOOD, "index": 1, "loss": None, "error": "MemoryError", "info": {}, "cause": "transient", "attempt": 1}
+    retried = {**GOOD, "index": 1, "attempt": 2}
+    study_lost = {**record(0, 1.0, None), "cause": "transient", "attempt": 1}
+    write_search(tmp_path / "s", False, [GOOD, lost, retried], [study_lost, {**record(0, 1.0, 0.8), "attempt": 2}])
+    assert report.read_records(tmp_path / "s" / "results.jsonl") == [GOOD, retried]
+    assert report.main([str(tmp_path / "s"), "--out", str(tmp_path / "f")]) == 0
+    assert "2 evaluations, 0 failed; study: 1 evaluations of 1 configurations" in capsys.readouterr().out
+
+
 def test_a_search_json_that_is_no_record_is_refused(tmp_path, capsys):
     write_search(tmp_path / "s", False, [GOOD], [])
     (tmp_path / "s" / "search.json").write_text("[]")

@@ -1,6 +1,7 @@
 """retrain.py's table (Table 1: k architectures x runs each) against hand computations, read from a
 hand-written results file: the command finds every run finished and only prints and summarises."""
 
+import concurrent.futures as cf
 import json
 import os
 import subprocess
@@ -134,3 +135,22 @@ def test_a_drop_path_probability_outside_0_to_1_is_refused(capsys, value):
     with pytest.raises(SystemExit):
         R.parser().parse_args(["--theta", "b.json", "--drop-path-prob", value])
     assert "--drop-path-prob" in capsys.readouterr().err
+
+
+def test_a_failed_student_is_not_logged_so_the_next_run_trains_it_again(tmp_path, capsys):
+    """retrain.py logs finished students only: a student whose worker failed, for any cause, is left
+    out of results.jsonl, and run() trains every (seed, run) the log lacks."""
+    class Pool(cf.ThreadPoolExecutor):
+        def submit(self, fn, index, seed, repeat):
+            future = cf.Future()
+            if index == 1:
+                future.set_exception(MemoryError("lost"))
+            else:
+                future.set_result({"index": index, "seed": seed, "run": repeat, "accuracy": 0.9})
+            return future
+
+    log, rows = tmp_path / "results.jsonl", []
+    with Pool(1) as pool:
+        failures = R.train_all(pool, [(0, 0, 0), (1, 1, 0), (2, 2, 0)], rows, log, 0)
+    assert len(failures) == 1 and "student (1, 1, 0): lost" in failures[0]
+    assert sorted(json.loads(line)["index"] for line in log.read_text().splitlines()) == [0, 2]

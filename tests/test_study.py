@@ -63,6 +63,22 @@ def test_a_study_grows_from_its_log(tmp_path):
     assert search.study_left(four, log) == four[3:]
 
 
+def test_a_study_job_that_failed_for_a_transient_cause_runs_once_more(tmp_path):
+    """study_left, as BOHB.run: a transient failure is left as its second attempt; a deterministic one,
+    or a transient one already retried, is final."""
+    jobs = search.study_jobs(settings(study=4), [1.0])
+    log = tmp_path / "study.jsonl"
+
+    def failed(job, cause, attempt):
+        return {**job, "loss": None, "error": "x", "cause": cause, "attempt": attempt, "info": {}, "started": 0,
+                "finished": 1}
+
+    lines = [failed(jobs[0], "transient", 1), failed(jobs[1], "deterministic", 1), failed(jobs[2], "transient", 1),
+             failed(jobs[2], "transient", 2)]
+    log.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert search.study_left(jobs, log) == [{**jobs[0], "attempt": 2}, jobs[3]]
+
+
 def cli(*args):
     return subprocess.run([sys.executable, os.path.join(ROOT, "search.py"), *args], capture_output=True, text=True,
                           cwd=ROOT)

@@ -11,8 +11,9 @@ compared, not the teacher). Every (student, budget) is a training from scratch, 
 (the cosine spans the budget). Each protocol as search.py resolves it for the data set: digits takes
 the preset's batch 16 and rate under both, CIFAR-10 each protocol's own. CIFAR-10: a seeded subset of
 --cifar-train / --cifar-val images of the search split at 32 px. Prints per protocol the mean
-accuracy per budget, ρ with a bootstrap interval over students, and ρ(nago) − ρ(darts) paired the
-same way; --record writes the tables into bench/RESULTS.md.
+accuracy per budget and ρ against each protocol's long training and against their mean, with
+bootstrap intervals over students, and ρ(nago) − ρ(darts) paired the same way; --record writes the
+tables into bench/RESULTS.md.
 """
 import argparse
 import concurrent.futures as cf
@@ -116,27 +117,35 @@ def bootstrap(statistic, n, seed):
     return (float(np.percentile(values, 5)), float(np.percentile(values, 95))) if len(values) else (np.nan, np.nan)
 
 
+def cell(statistic, n, seed, sign=""):
+    """'ρ (5th to 95th percentile)' of statistic over the n students and its bootstrap."""
+    low, high = bootstrap(statistic, n, seed)
+    return f"{statistic(np.arange(n)):{sign}.2f} ({low:{sign}.2f} to {high:{sign}.2f})"
+
+
 def table(title, rows, short, long, n, seed):
-    """Markdown: per protocol the mean accuracy per budget; per short budget ρ against the long one
-    (90 % bootstrap interval over students) and the paired difference nago − darts."""
+    """Markdown: per protocol the mean accuracy per budget; then, per short budget and protocol, ρ
+    against each protocol's long training and against their mean (a reference neither protocol owns:
+    under nago's constant rate a short run is the start of its own long run), with bootstrap
+    intervals over students, and the paired difference nago − darts."""
     budgets = (*short, long)
     acc = {(p, b): accuracies(rows, p, b, n) for p in PROTOCOLS for b in budgets}
+    references = {**{f"{p} at {long}": acc[p, long] for p in PROTOCOLS},
+                  "their mean": np.mean([acc[p, long] for p in PROTOCOLS], axis=0)}
     lines = [f"**{title}**, {n} students:", "",
              "| mean hold-out accuracy | " + " | ".join(f"{b} epoch(s)" for b in budgets) + " |",
              "|---|" + "---|" * len(budgets)]
     for p in PROTOCOLS:
         lines.append(f"| {p} | " + " | ".join(f"{100 * acc[p, b].mean():.1f} %" for b in budgets) + " |")
-    lines += ["", f"| Spearman ρ against {long} epochs | " + " | ".join(PROTOCOLS) + " | nago − darts |",
-              "|---|" + "---|" * (len(PROTOCOLS) + 1)]
+    lines += ["", f"| Spearman ρ of the short budget against {long} epochs of | " + " | ".join(references) + " |",
+              "|---|" + "---|" * len(references)]
     for b in short:
-        cells = []
         for p in PROTOCOLS:
-            low, high = bootstrap(lambda i: rho(acc[p, b][i], acc[p, long][i]), n, seed)
-            cells.append(f"{rho(acc[p, b], acc[p, long]):.2f} ({low:.2f} to {high:.2f})")
-        diff = lambda i: rho(acc["nago", b][i], acc["nago", long][i]) - rho(acc["darts", b][i], acc["darts", long][i])
-        low, high = bootstrap(diff, n, seed)
-        cells.append(f"{diff(np.arange(n)):+.2f} ({low:+.2f} to {high:+.2f})")
-        lines.append(f"| {b} epoch(s) | " + " | ".join(cells) + " |")
+            lines.append(f"| {b} epoch(s), {p} | " + " | ".join(
+                cell(lambda i, ref=ref: rho(acc[p, b][i], ref[i]), n, seed) for ref in references.values()) + " |")
+        lines.append(f"| {b} epoch(s), nago − darts | " + " | ".join(
+            cell(lambda i, ref=ref: rho(acc["nago", b][i], ref[i]) - rho(acc["darts", b][i], ref[i]), n, seed, "+")
+            for ref in references.values()) + " |")
     return "\n".join(lines)
 
 
@@ -183,20 +192,26 @@ def measure(dataset, n, short, long, args):
     return table(f"{title}, {int(args.max_params):,} parameters ({what})", rows, short, long, n, args.seed)
 
 
+def given_flags(argv):
+    """The command line's flags for the record: the CIFAR-10 folder as DIR, --record left out."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    flags = []
+    for before, word in zip([None] + argv, argv):
+        if before == "--data-dir":
+            flags.append("DIR")
+        elif word not in ("--record", "--cache-dir") and before != "--cache-dir":
+            flags.append(word)
+    return flags
+
+
 def main(argv=None):
     args = parser().parse_args(argv)
     start = time.perf_counter()
     sections = [measure("digits", args.students, args.short, args.long, args)]
-    command = "python bench/search_protocols.py"
     if args.data_dir:
         sections.append(measure("cifar10", args.cifar_students or args.students, args.short,
                                 args.cifar_long or args.long, args))
-        command += " --data-dir DIR"
-    extra = [f"--{k.replace('_', '-')} {v}" for k, v in (("students", args.students), ("long", args.long),
-                                                      ("cifar_students", args.cifar_students),
-                                                      ("cifar_long", args.cifar_long))
-             if v is not None and v != parser().get_default(k)]
-    command = " ".join([command, *extra, "--record"])
+    command = " ".join(["python bench/search_protocols.py", *given_flags(argv), "--record"])
     text = "\n\n".join(sections) + (f"\n\nρ: over the students; in brackets the 5th to 95th percentile of "
                                     f"{BOOTSTRAP} bootstrap resamples of the students (paired for the "
                                     f"difference). {time.perf_counter() - start:.0f} s in all, {args.workers} "

@@ -81,8 +81,24 @@ def test_search_protocols_smoke():
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("epoch(s):") == 3 * 2 * 2  # students x budgets x protocols
-    assert "| darts | " in r.stdout and "| nago | " in r.stdout and "| 1 epoch(s) | " in r.stdout
+    assert "| darts | " in r.stdout and "| nago | " in r.stdout and "| 1 epoch(s), nago − darts | " in r.stdout
     assert "nago: batch 16, lr 0.0125, step, no clipping" in r.stdout
+
+
+def test_search_protocols_table_against_hand_ranks():
+    """Four students: darts's 1-epoch ranks equal both long rankings (ρ = 1), nago's reverse them
+    (ρ = −1), so nago − darts is −2 against every reference; the mean accuracies are by hand."""
+    bench = load_script("search_protocols")
+    long = {"darts": [0.5, 0.6, 0.7, 0.8], "nago": [0.4, 0.6, 0.8, 0.9]}
+    short = {"darts": [0.1, 0.2, 0.3, 0.4], "nago": [0.4, 0.3, 0.2, 0.1]}
+    rows = [{"protocol": p, "budget": b, "student": i, "accuracy": acc[p][i]}
+            for b, acc in ((1, short), (8, long)) for p in ("darts", "nago") for i in range(4)]
+    text = bench.table("t", rows, [1], 8, 4, 0)
+    assert "| darts | 25.0 % | 65.0 % |" in text and "| nago | 25.0 % | 67.5 % |" in text
+    lines = {line.split(" | ")[0]: line for line in text.splitlines()}
+    assert lines["| 1 epoch(s), darts"].count("1.00 (1.00 to 1.00)") == 3
+    assert lines["| 1 epoch(s), nago"].count("-1.00 (-1.00 to -1.00)") == 3
+    assert lines["| 1 epoch(s), nago − darts"].count("-2.00 (-2.00 to -2.00)") == 3
 
 
 def test_course_smoke_runs_the_quick_start_commands(tmp_path):
@@ -111,10 +127,11 @@ def test_course_smoke_runs_the_quick_start_commands(tmp_path):
 def test_the_cifar10_course_commands_parse():
     """The course run needs a GPU and CIFAR-10, so no test runs it; its commands at least name flags
     and values that their scripts accept (parsed by each script's own parser)."""
-    course = load_script("course")
+    sys.path.insert(0, ROOT)
     import retrain
     import search
     import train
+    course = load_script("course")
     stages = course.commands("cifar10", "runs", ["--download"])
     assert [stage for stage, _ in stages] == ["data", "teacher", "KD search", "no-KD search", "retrain with KD",
                                               "retrain without KD", "report"]

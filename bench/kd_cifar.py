@@ -222,7 +222,7 @@ def worker_settings(args, loaded, data, teacher, runs, out):
     views = (2 if p.flip else 1) * (2 * p.pad + 1) ** 2
     kd_epochs = sum(budget for _, budget, alpha, _, _ in runs if alpha > 0)
     use_lessons = kd_epochs > views and lessons.why_live(loaded, cutout=0) is None
-    protocol = search.SEARCH_PROTOCOL.replace(batch_size=args.batch_size, eval_every=int(max(args.budgets)))
+    protocol = search.SEARCH_PROTOCOLS["darts"].replace(batch_size=args.batch_size, eval_every=int(max(args.budgets)))
     return SimpleNamespace(dataset=args.dataset, data_dir=data["data_dir"], cache_dir=data["cache_dir"], split="search",
                            val_size=args.val_size, no_kd=False, teacher=str(Path(teacher).resolve()), workers_per_gpu=1,
                            protocol=protocol, lessons_live="the short runs see few views",

@@ -4,12 +4,14 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
 import generator
 import teachers
 from teachers import darts
+from test_data import write_mit67
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = dict(width=8, layers=5)  # two reductions (cells 1 and 3), auxiliary head on cell 3
@@ -324,29 +326,16 @@ def test_weights_that_are_not_inception_resnet_v2s_are_refused(imagenet_weights,
         teachers.build("inception_resnet_v2", 67, weights=str(tmp_path / "partial.safetensors"))
 
 
-def write_tiny_mit67(root):
-    """Two classes of three 40x50 images in MIT67's layout, with its two split lists."""
-    from PIL import Image
-    lines = {"TrainImages.txt": [], "TestImages.txt": []}
-    for c in ("bar", "kitchen"):
-        (root / "Images" / c).mkdir(parents=True)
-        for i in range(3):
-            Image.new("RGB", (50, 40), (40 * i, 80, 120)).save(root / "Images" / c / f"{i}.jpg")
-            lines["TestImages.txt" if i == 0 else "TrainImages.txt"].append(f"{c}/{i}.jpg")
-    for name, files in lines.items():
-        (root / name).write_text("\n".join(files) + "\n")
-
-
 @pytest.mark.slow
 def test_mit67_teacher_without_hub_or_weights_file_names_both_fixes(tmp_path):
     """The recipe's default is timm's ImageNet weights; offline, with nothing cached, the command ends
     in one line that names --weights FILE and --from-scratch."""
     pytest.importorskip("timm", reason="timm (optional) is not installed: pip install timm")
-    write_tiny_mit67(tmp_path / "mit67")
+    write_mit67(tmp_path / "mit67", np.random.default_rng(0))  # all 67 classes: data.py refuses fewer
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "th")}
     out = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--arch", "inception_resnet_v2",
                           "--dataset", "mit67", "--data-dir", str(tmp_path / "mit67"), "--split", "final",
-                          "--epochs", "1", "--device", "cpu"], capture_output=True, text=True, env=env)
+                          "--epochs", "1", "--batch-size", "8", "--device", "cpu"], capture_output=True, text=True, env=env)
     assert out.returncode == 1
     err = out.stderr.strip()
     assert "\n" not in err and "Traceback" not in err

@@ -211,7 +211,7 @@ def run_in_folder(settings, best, out, args):
             if (seed, repeat) not in done]
     print(f"retraining {len(jobs)} of {settings.k} x {settings.runs} students of {json.dumps(best['config'])} "
           f"for {settings.epochs} epochs {'without' if settings.no_kd else 'with'} KD -> {out}", flush=True)
-    with pool.Lazy(lambda: start_workers(settings, out), sum(n for _, n in settings.slots)) as workers:
+    with train.workers(settings, out) as workers:
         failures = train_all(workers, jobs, rows, out / "results.jsonl", whole)
     rows = sorted((r for r in rows if r["seed"] in seeds and r["run"] < settings.runs), key=lambda r: (r["index"], r["run"]))
     return summarise(settings, best, rows, failures, out)
@@ -243,18 +243,6 @@ def ready_teacher(settings, data, out, lessons_flag):
         return dataclasses.replace(settings, lessons_live=reason)
     return dataclasses.replace(settings, lessons=str(out / "lessons.pt"), lessons_key={
         "teacher": files.file_digest(settings.teacher), "dataset": data.name, "split": "final"})
-
-
-def start_workers(settings, out):
-    """The workers, each with the data and the teacher loaded; the teacher checked once (teacher.json)."""
-    workers = pool.make(settings.slots, settings.ray, train.Worker.load, (settings,))
-    try:
-        if not settings.no_kd:  # before the first student, as the search does
-            files.write_json(out / "teacher.json", train.check_teacher(workers, settings.protocol, settings))
-    except BaseException:
-        workers.shutdown(wait=False, cancel_futures=True)
-        raise
-    return workers
 
 
 def train_all(workers, jobs, rows, log, whole):

@@ -413,7 +413,7 @@ def search_once(settings, out, data):
     search = bohb.BOHB(box(settings), settings.min_budget, settings.max_budget, settings.eta, settings.seed)
     progress = Progress(search, settings, out, provenance, len(data.train))
     study = study_left(study_jobs(settings, budgets(search.plan)), out / "study.jsonl")
-    with pool.Lazy(lambda: start_workers(settings, out), sum(n for _, n in settings.slots)) as workers:
+    with train.workers(settings, out) as workers:
         search.run(with_worker(objective), workers, settings.iterations, out / "results.jsonl",
                    on_result=progress, n_workers=workers.size)
         run_study(workers, study, out / "study.jsonl")
@@ -472,19 +472,6 @@ def write_provenance(settings, out):
     if not (out / "search.json").is_file():
         files.write_json(out / "search.json", provenance)
     return provenance
-
-
-def start_workers(settings, out):
-    """The workers, each with the data and the teacher loaded; the teacher checked once (teacher.json)."""
-    workers = pool.make(settings.slots, settings.ray, train.Worker.load, (settings,))
-    try:
-        if not settings.no_kd:
-            report = train.check_teacher(workers, settings.protocol, settings)
-            files.write_json(out / "teacher.json", {**report, "teacher": settings.teacher})
-    except BaseException:
-        workers.shutdown(wait=False, cancel_futures=True)
-        raise
-    return workers
 
 
 def finish(progress, out):

@@ -30,7 +30,7 @@ import generator
 import teachers
 from data import DATASETS, batches, load_data
 from kd_loss import SPACE as KD_SPACE, check_kd_params, kd_loss
-from machinery import cli, files, schema
+from machinery import cli, files, pool, schema
 from machinery.capture import DEVICE_RNG_LOCK, SGD, CapturedStep, kernels, learning_rate, precision, set_lr
 from machinery.executor import with_worker
 from teachers import lessons
@@ -546,6 +546,22 @@ class Worker:
         return {"accuracy": accuracy, "split": "val" if data.split == "search" else "test", "images": len(data.eval),
                 "num_classes": data.num_classes, "lessons_s": seconds,
                 **generator.profile(self.teacher, data.image_size, self.device)}
+
+
+def workers(settings, out):
+    """The workers of search.py or retrain.py, started on their first student (machinery.pool.Lazy):
+    each loads the data and the teacher once; the teacher is then checked once (out/teacher.json)."""
+    def start():
+        started = pool.make(settings.slots, settings.ray, Worker.load, (settings,))
+        try:
+            if not settings.no_kd:  # before the first student
+                files.write_json(out / "teacher.json", {**check_teacher(started, settings.protocol, settings),
+                                                        "teacher": settings.teacher})
+        except BaseException:
+            started.shutdown(wait=False, cancel_futures=True)
+            raise
+        return started
+    return pool.Lazy(start, sum(n for _, n in settings.slots))
 
 
 NEAR_CHANCE = 1.5  # a teacher below 1.5 x chance accuracy is reported as useless
